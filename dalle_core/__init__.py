@@ -1,0 +1,22 @@
+"""dalle-core: DALL-E in PyTorch — the dVAE, the DALLE transformer, the CLIP reranker and their sampling."""
+from . import sampling
+from .cache import KVCache
+from .clip import CLIP
+from .dalle import DALLE
+from .interop import load_dalle_pytorch, load_dalle_pytorch_clip, load_dalle_pytorch_vae
+from .transformer import Transformer
+from .vae import DiscreteVAE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DALLE",
+    "DiscreteVAE",
+    "CLIP",
+    "Transformer",
+    "KVCache",
+    "sampling",
+    "load_dalle_pytorch",
+    "load_dalle_pytorch_vae",
+    "load_dalle_pytorch_clip",
+]

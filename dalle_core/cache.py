@@ -1,0 +1,67 @@
+"""The inference cache: preallocated keys, values and token-shift history for incremental decoding."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["KVCache"]
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys/values (L, B, heads, max_len, dim_head) and, with token shifting, the normalised
+    inputs of every position (L, 2, B, 1 + max_len, dim): row 0 stays zero so a missing neighbour reads 0.
+
+    `offset` is the number of positions already processed; `tokens_processed` counts every position run
+    through the transformer with this cache (a cache that works processes each position once).
+    """
+
+    keys: Tensor
+    values: Tensor
+    shift_history: Optional[Tensor] = None
+    offset: int = 0
+    tokens_processed: int = field(default=0)
+
+    @classmethod
+    def allocate(
+        cls,
+        *,
+        num_layers: int,
+        batch: int,
+        heads: int,
+        dim_head: int,
+        max_len: int,
+        dim: int,
+        shift_tokens: bool,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> "KVCache":
+        """Allocate every buffer once for sequences of up to `max_len` positions."""
+        kv_shape = (num_layers, batch, heads, max_len, dim_head)
+        keys = torch.zeros(kv_shape, device=device, dtype=dtype)
+        values = torch.zeros(kv_shape, device=device, dtype=dtype)
+        history = None
+        if shift_tokens:
+            history = torch.zeros((num_layers, 2, batch, 1 + max_len, dim), device=device, dtype=dtype)
+        return cls(keys=keys, values=values, shift_history=history)
+
+    @property
+    def max_len(self) -> int:
+        """Longest sequence the buffers hold."""
+        return self.keys.shape[3]
+
+    def layer_kv(self, layer: int) -> Tuple[Tensor, Tensor]:
+        """(keys, values) buffers of one layer."""
+        return self.keys[layer], self.values[layer]
+
+    def layer_history(self, layer: int, branch: int) -> Optional[Tensor]:
+        """Token-shift history of one layer's attention (branch 0) or feed-forward (branch 1)."""
+        return None if self.shift_history is None else self.shift_history[layer, branch]
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are reused)."""
+        self.offset = 0
+        self.tokens_processed = 0

@@ -1,0 +1,367 @@
+"""DALLE: a decoder-only transformer over [<bos> text ; image codes] with DALLE-pytorch's API.
+
+Differences from DALLE-pytorch 1.6.6 (each covered by a test): the caller's tensors are never mutated;
+classifier-free guidance runs both branches in one batch at every step; the key/value cache is used
+whenever asked (also at cond_scale 1); top-k filters the image vocabulary only; generate_texts runs on any
+device with any dalle_core tokenizer; images come out of the dVAE in [0, 1].
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from axial_positional_embedding import AxialPositionalEmbedding
+from torch import Tensor, nn
+
+from ._utils import check_images, check_same_batch, check_token_ids, eval_decorator, set_requires_grad
+from .cache import KVCache
+from .sampling import classifier_free_guidance, sample_logits
+from .transformer import DivideMax, Transformer
+
+__all__ = ["DALLE"]
+
+CacheArg = Optional[Union[KVCache, dict]]
+
+
+class DALLE(nn.Module):
+    """Text-to-image transformer: models p(text, image codes) autoregressively; the dVAE `vae` is frozen."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        vae: nn.Module,
+        num_text_tokens: int = 10000,
+        text_seq_len: int = 256,
+        depth: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        reversible: bool = False,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        sparse_attn: Any = False,
+        attn_types: Any = None,
+        loss_img_weight: float = 7,
+        stable: bool = False,
+        sandwich_norm: bool = False,
+        shift_tokens: bool = True,
+        rotary_emb: bool = True,
+        shared_attn_ids: Any = None,
+        shared_ff_ids: Any = None,
+        share_input_output_emb: bool = False,
+        optimize_for_inference: bool = False,
+        gradient_checkpointing: bool = False,
+        conv_kernel_size: Optional[int] = None,
+    ):
+        super().__init__()
+        for name in ("image_size", "num_tokens", "num_layers", "channels", "get_codebook_indices", "decode"):
+            if not hasattr(vae, name):
+                raise TypeError(f"vae must be a DiscreteVAE (or provide {name!r}), got {type(vae).__name__}")
+        if any(sparse_attn if isinstance(sparse_attn, (tuple, list)) else (sparse_attn,)):
+            warnings.warn("sparse_attn does nothing (it was unused in DALLE-pytorch too); choose the pattern "
+                          "with attn_types", UserWarning, stacklevel=2)
+        if optimize_for_inference:
+            warnings.warn("optimize_for_inference has no effect: dalle_core always runs cache-friendly masked "
+                          "SDPA attention", UserWarning, stacklevel=2)
+        if text_seq_len < 1 or num_text_tokens < 1:
+            raise ValueError(f"text_seq_len and num_text_tokens must be positive, got {text_seq_len}, {num_text_tokens}")
+        self.config = dict(
+            dim=dim, num_text_tokens=num_text_tokens, text_seq_len=text_seq_len, depth=depth, heads=heads,
+            dim_head=dim_head, reversible=reversible, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
+            attn_types=list(attn_types) if isinstance(attn_types, (tuple, list)) else attn_types,
+            loss_img_weight=loss_img_weight, stable=stable, sandwich_norm=sandwich_norm, shift_tokens=shift_tokens,
+            rotary_emb=rotary_emb, shared_attn_ids=None if shared_attn_ids is None else list(shared_attn_ids),
+            shared_ff_ids=None if shared_ff_ids is None else list(shared_ff_ids),
+            share_input_output_emb=share_input_output_emb, gradient_checkpointing=gradient_checkpointing,
+            conv_kernel_size=conv_kernel_size,
+        )
+
+        fmap = vae.image_size // (2**vae.num_layers)
+        self.image_fmap_size = fmap
+        self.text_seq_len = text_seq_len
+        self.image_seq_len = fmap * fmap
+        self.num_text_tokens = num_text_tokens + text_seq_len  # a unique padding id per text position
+        self.num_image_tokens = vae.num_tokens
+        self.total_tokens = self.num_text_tokens + self.num_image_tokens
+        self.total_seq_len = text_seq_len + self.image_seq_len
+        self.loss_img_weight = loss_img_weight
+        self.stable = stable
+        self.share_input_output_emb = share_input_output_emb
+
+        self.vae = vae
+        set_requires_grad(self.vae, False)  # the dVAE is trained separately and stays frozen
+
+        self.rotary_emb = rotary_emb
+        if not rotary_emb:
+            self.text_pos_emb = nn.Embedding(text_seq_len + 1, dim)  # +1 for <bos>
+            self.image_pos_emb = AxialPositionalEmbedding(dim, axial_shape=(fmap, fmap))
+        self.transformer = Transformer(
+            dim=dim, causal=True, seq_len=self.total_seq_len, depth=depth, heads=heads, dim_head=dim_head,
+            reversible=reversible, attn_dropout=attn_dropout, ff_dropout=ff_dropout, attn_types=attn_types,
+            image_fmap_size=fmap, stable=stable, sandwich_norm=sandwich_norm, shift_tokens=shift_tokens,
+            rotary_emb=rotary_emb, shared_attn_ids=shared_attn_ids, shared_ff_ids=shared_ff_ids,
+            gradient_checkpointing=gradient_checkpointing, conv_kernel_size=conv_kernel_size,
+        )
+        self.norm_by_max = DivideMax(dim=-1) if stable else nn.Identity()
+        self.to_logits = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, self.total_tokens))
+        if not share_input_output_emb:
+            self.text_emb = nn.Embedding(self.num_text_tokens, dim)
+            self.image_emb = nn.Embedding(self.num_image_tokens, dim)
+        self.register_buffer("text_pad_ids", torch.arange(text_seq_len) + num_text_tokens, persistent=False)
+
+    # --- inputs ---------------------------------------------------------------------------------------
+
+    def _check_text(self, text: Any) -> Tensor:
+        """Validate caption ids (B, <= text_seq_len) in [0, num_text_tokens); right-pad with 0."""
+        user_vocab = self.num_text_tokens - self.text_seq_len
+        text = check_token_ids("text", text, vocab_size=user_vocab)
+        if text.shape[1] > self.text_seq_len:
+            raise ValueError(f"text has {text.shape[1]} tokens but this DALLE takes at most text_seq_len="
+                             f"{self.text_seq_len}; truncate the caption when tokenizing")
+        return F.pad(text, (0, self.text_seq_len - text.shape[1]))
+
+    def _image_codes(self, image: Tensor) -> Tensor:
+        """Image codes (B, m <= image_seq_len) from codes or raw images (B, C, H, W) in [0, 1]."""
+        if isinstance(image, Tensor) and image.ndim == 4:
+            check_images("image", image, channels=self.vae.channels, image_size=self.vae.image_size)
+            return self.vae.get_codebook_indices(image)
+        codes = check_token_ids("image codes", image, vocab_size=self.num_image_tokens)
+        if codes.shape[1] > self.image_seq_len:
+            raise ValueError(f"image has {codes.shape[1]} codes but the image sequence holds {self.image_seq_len}")
+        return codes
+
+    def _text_ids(self, text: Tensor) -> Tensor:
+        """Padding (0) -> the position's unique padding id, then <bos> (id 0) in front: (B, text_seq_len + 1)."""
+        text = torch.where(text == 0, self.text_pad_ids[: text.shape[1]], text)
+        return F.pad(text, (1, 0), value=0)
+
+    # --- the network ----------------------------------------------------------------------------------
+
+    def _embed(self, text_ids: Tensor, codes: Optional[Tensor], start: int) -> Tensor:
+        """Embeddings of positions [start, n) of [text_ids ; codes] (positional embeddings included)."""
+        t1 = text_ids.shape[1]
+        parts = []
+        if start < t1:
+            ids = text_ids[:, start:]
+            weight = self.to_logits[1].weight[: self.num_text_tokens] if self.share_input_output_emb else self.text_emb.weight
+            emb = F.embedding(ids, weight)
+            if not self.rotary_emb:
+                emb = emb + self.text_pos_emb(torch.arange(start, t1, device=ids.device))
+            parts.append(emb)
+        if codes is not None and codes.shape[1] > 0 and start < t1 + codes.shape[1]:
+            first = max(start - t1, 0)
+            ids = codes[:, first:]
+            weight = self.to_logits[1].weight[self.num_text_tokens :] if self.share_input_output_emb else self.image_emb.weight
+            emb = F.embedding(ids, weight)
+            if not self.rotary_emb:
+                pos = self.image_pos_emb(emb.new_empty((1, codes.shape[1], emb.shape[-1])))
+                emb = emb + pos[:, first:]
+            parts.append(emb)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def _hidden(self, text_ids: Tensor, codes: Optional[Tensor], cache: Optional[KVCache]) -> Tuple[Tensor, int]:
+        """Transformer output for the positions not yet in `cache` (all of them without one), and their start."""
+        n = text_ids.shape[1] + (0 if codes is None else codes.shape[1])
+        if n > self.total_seq_len:  # the last image code is only ever a target
+            codes = codes[:, :-1]
+            n -= 1
+        start = 0
+        if cache is not None:
+            if cache.keys.shape[1] != text_ids.shape[0]:
+                raise ValueError(f"cache holds a batch of {cache.keys.shape[1]}, the input has {text_ids.shape[0]}")
+            start = cache.offset
+            if start >= n:
+                raise ValueError(f"the cache already holds {start} positions; the input has only {n}")
+        tokens = self._embed(text_ids, codes, start)
+        if self.stable:
+            tokens = tokens * 0.1 + tokens.detach() * 0.9
+        out = self.transformer(tokens, start=start, cache=cache)
+        if cache is not None:
+            cache.offset = n
+        return self.norm_by_max(out), start
+
+    def _logits(self, hidden: Tensor, vocab: str) -> Tensor:
+        """Logits of one modality only ('text' or 'image'): the rows of the output layer for its vocabulary."""
+        norm, proj = self.to_logits
+        rows = slice(0, self.num_text_tokens) if vocab == "text" else slice(self.num_text_tokens, None)
+        return F.linear(norm(hidden), proj.weight[rows], proj.bias[rows])
+
+    def _masked_logits(self, hidden: Tensor, start: int) -> Tensor:
+        """Full-vocabulary logits, with the other modality's entries at the dtype's lowest value."""
+        logits = self.to_logits(hidden)
+        num_text_pos = max(min(self.text_seq_len - start, hidden.shape[1]), 0)
+        neg = -torch.finfo(logits.dtype).max
+        logits[:, :num_text_pos, self.num_text_tokens :] = neg
+        logits[:, num_text_pos:, : self.num_text_tokens] = neg
+        return logits
+
+    def _resolve_cache(self, cache: CacheArg, batch: int) -> Optional[KVCache]:
+        if cache is None or isinstance(cache, KVCache):
+            return cache
+        if isinstance(cache, dict):  # DALLE-pytorch style: pass the same dict to every call
+            if "kv" not in cache:
+                cache["kv"] = self.transformer.allocate_cache(batch)
+            return cache["kv"]
+        raise TypeError(f"cache must be a dalle_core KVCache or a dict, got {type(cache).__name__}")
+
+    def make_cache(self, batch: int) -> KVCache:
+        """A preallocated cache for `batch` sequences (pass it as `cache=` to successive forward calls)."""
+        return self.transformer.allocate_cache(batch)
+
+    # --- public API -----------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        text: Tensor,
+        image: Optional[Tensor] = None,
+        return_loss: bool = False,
+        null_cond_prob: float = 0.0,
+        cache: CacheArg = None,
+    ) -> Tensor:
+        """Logits (B, n, total_tokens) for [<bos> text ; image], or the loss with `return_loss=True`.
+
+        text: caption ids (B, <= text_seq_len), 0 = padding. image: codes (B, m) or images (B, C, H, W) in
+        [0, 1]. null_cond_prob: probability of dropping each caption (classifier-free guidance training).
+        cache: a `KVCache` (or a dict) reused across calls; then only the positions it lacks are computed.
+        """
+        text = self._check_text(text)
+        if not 0.0 <= null_cond_prob <= 1.0:
+            raise ValueError(f"null_cond_prob must be in [0, 1], got {null_cond_prob}")
+        codes = self._image_codes(image) if image is not None and image.numel() > 0 else None
+        check_same_batch(text=text, image=codes)
+        if null_cond_prob > 0:
+            keep = torch.rand(text.shape[0], device=text.device) >= null_cond_prob
+            text = text * keep[:, None]  # a new tensor: the caller's stays untouched
+        kv = self._resolve_cache(cache, text.shape[0])
+        hidden, start = self._hidden(self._text_ids(text), codes, kv)
+        if not return_loss:
+            return self._masked_logits(hidden, start)
+
+        if codes is None or codes.shape[1] != self.image_seq_len or kv is not None:
+            raise ValueError(f"the loss needs the whole image ({self.image_seq_len} codes, or an image) and no cache")
+        text_labels = self._text_ids(text)[:, 1:]
+        loss_text = F.cross_entropy(self._logits(hidden[:, : self.text_seq_len], "text").transpose(1, 2), text_labels)
+        loss_img = F.cross_entropy(self._logits(hidden[:, self.text_seq_len :], "image").transpose(1, 2), codes)
+        return (loss_text + self.loss_img_weight * loss_img) / (self.loss_img_weight + 1)
+
+    def forward_with_cond_scale(self, text: Tensor, image: Optional[Tensor] = None, *, cond_scale: float = 1.0,
+                                cache: CacheArg = None, **kwargs) -> Tensor:
+        """Guided logits `null + cond_scale * (cond - null)`; both branches run as one batch of 2B (a cache
+        passed here must hold 2B sequences: conditional first, then unconditional)."""
+        if cond_scale == 1:
+            return self(text, image, cache=cache, **kwargs)
+        text = self._check_text(text)
+        both_text = torch.cat((text, torch.zeros_like(text)))
+        both_image = None if image is None else torch.cat((image, image))
+        logits = self(both_text, both_image, cache=cache, **kwargs)
+        cond, null = logits.chunk(2)
+        return classifier_free_guidance(cond, null, cond_scale)
+
+    @torch.no_grad()
+    @eval_decorator
+    def generate_image_codes(
+        self,
+        text: Tensor,
+        *,
+        filter_thres: Optional[float] = 0.5,
+        temperature: float = 1.0,
+        top_p: Optional[float] = None,
+        img: Optional[Tensor] = None,
+        num_init_img_tokens: Optional[int] = None,
+        cond_scale: float = 1.0,
+        use_cache: bool = False,
+        generator: Optional[torch.Generator] = None,
+    ) -> Tensor:
+        """Sample image codes (B, image_seq_len) for captions `text`; see `generate_images`."""
+        text = self._check_text(text)
+        batch = text.shape[0]
+        codes = torch.zeros(batch, self.image_seq_len, dtype=torch.long, device=text.device)
+        num_primed = 0
+        if img is not None:
+            primed = self._image_codes(img)
+            check_same_batch(text=text, img=primed)
+            num_primed = num_init_img_tokens if num_init_img_tokens is not None else int(0.4375 * self.image_seq_len)
+            if not 0 < num_primed < self.image_seq_len:
+                raise ValueError(f"num_init_img_tokens must be in (0, {self.image_seq_len}), got {num_primed}")
+            codes[:, :num_primed] = primed[:, :num_primed]
+
+        guided = cond_scale != 1
+        if guided:  # conditional and unconditional branch in one batch
+            text = torch.cat((text, torch.zeros_like(text)))
+            codes = torch.cat((codes, codes))
+        text_ids = self._text_ids(text)
+        cache = self.make_cache(text.shape[0]) if use_cache else None
+        for pos in range(num_primed, self.image_seq_len):
+            hidden, _ = self._hidden(text_ids, codes[:, :pos], cache)
+            logits = self._logits(hidden[:, -1], "image")  # (B', num_image_tokens)
+            if guided:
+                logits = classifier_free_guidance(*logits.chunk(2), cond_scale)
+            sample = sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p, temperature=temperature,
+                                   generator=generator)
+            codes[:, pos] = torch.cat((sample, sample)) if guided else sample
+        return codes[:batch]
+
+    @torch.no_grad()
+    def generate_images(
+        self,
+        text: Tensor,
+        *,
+        clip: Optional[nn.Module] = None,
+        filter_thres: Optional[float] = 0.5,
+        temperature: float = 1.0,
+        img: Optional[Tensor] = None,
+        num_init_img_tokens: Optional[int] = None,
+        cond_scale: float = 1.0,
+        use_cache: bool = False,
+        top_p: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """Images (B, C, H, W) in [0, 1] for captions `text` (B, <= text_seq_len); with `clip`, also its scores.
+
+        filter_thres: top-k keeping the top (1 - filter_thres) of the image vocabulary; top_p: nucleus
+        filtering; img: priming images whose first `num_init_img_tokens` codes (default 43.75%, the paper's
+        14 of 32 rows) are kept; cond_scale: classifier-free guidance; use_cache: incremental decoding.
+        """
+        codes = self.generate_image_codes(
+            text, filter_thres=filter_thres, temperature=temperature, top_p=top_p, img=img,
+            num_init_img_tokens=num_init_img_tokens, cond_scale=cond_scale, use_cache=use_cache, generator=generator,
+        )
+        images = self.vae.decode(codes)
+        if clip is None:
+            return images
+        return images, clip(self._check_text(text), images)
+
+    @torch.no_grad()
+    @eval_decorator
+    def generate_texts(
+        self,
+        tokenizer: Any,
+        text: Optional[str] = None,
+        *,
+        filter_thres: Optional[float] = 0.5,
+        temperature: float = 1.0,
+        top_p: Optional[float] = None,
+        use_cache: bool = True,
+        generator: Optional[torch.Generator] = None,
+    ) -> Tuple[Tensor, List[str]]:
+        """Complete the caption `text` (or sample one) to text_seq_len tokens: (ids (1, text_seq_len) with
+        padding as 0, [decoded caption]). `tokenizer` follows dalle_core's contract (encode/decode)."""
+        device = self.to_logits[1].weight.device
+        prefix = tokenizer.encode(text) if text else []
+        user_vocab = self.num_text_tokens - self.text_seq_len
+        if len(prefix) > self.text_seq_len or any(not 0 < i < user_vocab for i in prefix):
+            raise ValueError(f"the tokenized prompt must have at most {self.text_seq_len} ids in [1, {user_vocab}); "
+                             f"got {len(prefix)} ids (is num_text_tokens >= tokenizer.vocab_size?)")
+        ids = torch.zeros(1, self.text_seq_len + 1, dtype=torch.long, device=device)  # <bos> = 0 first
+        ids[0, 1 : 1 + len(prefix)] = torch.tensor(prefix, dtype=torch.long, device=device)
+        cache = self.make_cache(1) if use_cache else None
+        for pos in range(1 + len(prefix), self.text_seq_len + 1):
+            hidden, _ = self._hidden(ids[:, :pos], None, cache)
+            logits = self._logits(hidden[:, -1], "text")
+            ids[:, pos] = sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p, temperature=temperature,
+                                        generator=generator)
+        tokens = ids[:, 1:]
+        tokens = tokens.masked_fill(tokens >= user_vocab, 0)  # padding ids back to 0
+        return tokens, [tokenizer.decode(tokens[0].tolist())]

@@ -1,0 +1,95 @@
+"""Functional sampling: top-k, top-p, Gumbel sampling and classifier-free guidance.
+
+Every sampler in dalle_core (image generation, text generation, the CLI) calls these; they are pure
+functions of tensors, with an optional `torch.Generator` for reproducible draws.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "top_k",
+    "top_k_count",
+    "top_p",
+    "gumbel_noise",
+    "gumbel_sample",
+    "classifier_free_guidance",
+    "sample_logits",
+]
+
+
+def _keep_mask_fill(logits: Tensor, keep: Tensor) -> Tensor:
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def top_k_count(logits: Tensor, k: int) -> Tensor:
+    """Keep the `k` largest logits along the last dim; the rest become -inf."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    k = min(int(k), logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
+    return _keep_mask_fill(logits, logits >= kth)
+
+
+def top_k(logits: Tensor, thres: float = 0.5) -> Tensor:
+    """DALLE-pytorch's top-k: keep the top (1 - thres) fraction of the logits given (at least one)."""
+    if not 0.0 <= thres <= 1.0:
+        raise ValueError(f"thres must be in [0, 1], got {thres}")
+    k = max(int((1 - thres) * logits.shape[-1]), 1)
+    return top_k_count(logits, k)
+
+
+def top_p(logits: Tensor, p: float = 0.9) -> Tensor:
+    """Nucleus filtering: keep the smallest set of logits whose probabilities sum to at least `p`."""
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"p must be in (0, 1], got {p}")
+    sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.float().softmax(dim=-1)
+    # drop a token when the mass before it already reaches p (the top token is always kept)
+    mass_before = probs.cumsum(dim=-1) - probs
+    sorted_keep = mass_before < p
+    keep = torch.zeros_like(sorted_keep).scatter(-1, sorted_idx, sorted_keep)
+    return _keep_mask_fill(logits, keep)
+
+
+def gumbel_noise(t: Tensor, generator: Optional[torch.Generator] = None, eps: float = 1e-20) -> Tensor:
+    """Standard Gumbel noise shaped like `t` (float32 or `t`'s float dtype)."""
+    dtype = t.dtype if t.is_floating_point() else torch.float32
+    u = torch.rand(t.shape, generator=generator, device=t.device, dtype=torch.float32)
+    return (-torch.log(-torch.log(u.clamp(min=eps)).clamp(min=eps))).to(dtype)
+
+
+def gumbel_sample(
+    logits: Tensor, temperature: float = 1.0, dim: int = -1, generator: Optional[torch.Generator] = None
+) -> Tensor:
+    """Sample indices from softmax(logits / temperature) by the Gumbel-max trick; temperature 0 is argmax."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=dim)
+    logits = logits.float()
+    return ((logits / temperature) + gumbel_noise(logits, generator=generator)).argmax(dim=dim)
+
+
+def classifier_free_guidance(cond_logits: Tensor, null_logits: Tensor, scale: float) -> Tensor:
+    """Guided logits `null + scale * (cond - null)` (scale 1 gives the conditional logits)."""
+    return null_logits + (cond_logits - null_logits) * scale
+
+
+def sample_logits(
+    logits: Tensor,
+    *,
+    filter_thres: Optional[float] = 0.5,
+    top_p_value: Optional[float] = None,
+    temperature: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """Filter (top-k fraction and/or top-p) then Gumbel-sample one index per row of `logits` (..., V)."""
+    if filter_thres is not None:
+        logits = top_k(logits, thres=filter_thres)
+    if top_p_value is not None:
+        logits = top_p(logits, p=top_p_value)
+    return gumbel_sample(logits, temperature=temperature, dim=-1, generator=generator)

@@ -1,0 +1,285 @@
+"""The decoder-only transformer: pre-norm blocks with LayerScale, GEGLU feed-forward, token shifting,
+rotary embeddings, shared layers, reversible (two-stream) residuals and activation checkpointing.
+
+Module layout and residual arithmetic follow DALLE-pytorch 1.6.6 so weights transfer one to one;
+attention runs through `F.scaled_dot_product_attention` with masks built once at construction.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from itertools import cycle, islice
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from rotary_embedding_torch import RotaryEmbedding, broadcat
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ._utils import cast_tuple, default
+from .attention import Attention
+from .cache import KVCache
+from .masks import ATTN_TYPES, attention_mask
+
+__all__ = ["Transformer", "FeedForward", "TokenShift", "DivideMax", "dalle_rotary_table", "layer_scale_init"]
+
+
+class DivideMax(nn.Module):
+    """Divide by the (detached) maximum along `dim`: DALLE-pytorch's `stable` output normalisation."""
+
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x / x.amax(dim=self.dim, keepdim=True).detach()
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward: Linear(dim, 2 * mult * dim) -> x * gelu(gate) -> dropout -> Linear."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.proj_in = nn.Linear(dim, dim * mult * 2)
+        self.dropout = nn.Dropout(dropout)
+        self.proj_out = nn.Linear(dim * mult, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, gate = self.proj_in(x).chunk(2, dim=-1)
+        return self.proj_out(self.dropout(x * F.gelu(gate)))
+
+
+class TokenShift(nn.Module):
+    """Token shifting: text positions take the first half of their channels from the previous token; image
+    positions take the first quarter from the token above and the second quarter from the token to the left
+    (zeros at the image's top row and left column). Works on whole sequences and on cached chunks alike.
+    """
+
+    def __init__(self, dim: int, text_len: int, fmap_size: int):
+        super().__init__()
+        self.text_len = text_len
+        self.half = math.ceil(dim / 2)  # torch.chunk(2) sizes
+        self.quarter = math.ceil(dim / 4)  # torch.chunk(4) sizes
+        pos = torch.arange(text_len + fmap_size**2)
+        img = (pos - text_len).clamp(min=0)
+        is_img = pos >= text_len
+        left = torch.where(is_img & (img % fmap_size == 0), -1, pos - 1)
+        top = torch.where(is_img & (img >= fmap_size), pos - fmap_size, -1)
+        # indices into a history whose row 0 is zeros (position p lives at row p + 1)
+        self.register_buffer("left_src", left + 1, persistent=False)
+        self.register_buffer("top_src", top + 1, persistent=False)
+
+    def forward(self, x: Tensor, *, start: int = 0, history: Optional[Tensor] = None) -> Tensor:
+        """Shift `x` (B, n, D), the positions [start, start + n); `history` (B, 1 + max_len, D) holds the
+        earlier positions' inputs and receives these (needed whenever start > 0)."""
+        n = x.shape[1]
+        end = start + n
+        if history is None:
+            if start != 0:
+                raise ValueError("token shifting after cached positions needs their history")
+            history = F.pad(x, (0, 0, 1, 0))
+        else:
+            history[:, 1 + start : 1 + end] = x
+        left = history.index_select(1, self.left_src[start:end])
+        num_text = max(min(end, self.text_len) - start, 0)
+        h, q = self.half, self.quarter
+        parts = []
+        if num_text > 0:
+            parts.append(torch.cat((left[:, :num_text, :h], x[:, :num_text, h:]), dim=-1))
+        if num_text < n:
+            top = history.index_select(1, self.top_src[start + num_text : end])
+            parts.append(torch.cat((top[..., :q], left[:, num_text:, q : 2 * q], x[:, num_text:, 2 * q :]), dim=-1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+@torch.no_grad()
+def dalle_rotary_table(dim_head: int, text_len: int, fmap_size: int) -> Tensor:
+    """Rotary frequencies (text_len + fmap_size**2, rot) as DALLE-pytorch builds them: a 1-D rotary over text
+    positions (image tokens sit far away, at 8192) and a 2-D pixel rotary over the image grid (text at -10)."""
+    rot_dim = dim_head // 3
+    img_len = fmap_size**2
+    text_rot = RotaryEmbedding(dim=rot_dim)
+    pixel_rot = RotaryEmbedding(dim=rot_dim, freqs_for="pixel")
+    text_freqs = torch.cat((text_rot(torch.arange(text_len)), text_rot(torch.full((img_len,), 8192))), dim=0)
+    axial = pixel_rot(torch.linspace(-1, 1, steps=fmap_size))
+    img_freqs = broadcat((rearrange(axial, "i d -> i () d"), rearrange(axial, "j d -> () j d")), dim=-1)
+    img_freqs = rearrange(img_freqs, "h w d -> (h w) d")
+    text_axial = pixel_rot(torch.full((text_len,), -10.0))
+    img_freqs = torch.cat((torch.cat((text_axial, text_axial), dim=-1), img_freqs), dim=0)
+    return torch.cat((text_freqs, img_freqs), dim=-1).detach()
+
+
+def layer_scale_init(layer_number: int) -> float:
+    """LayerScale's initial value for the 1-based layer number (CaiT: deeper layers start smaller)."""
+    if layer_number <= 18:
+        return 0.1
+    return 1e-5 if layer_number <= 24 else 1e-6
+
+
+class Block(nn.Module):
+    """One layer: x + scale * norm_out(attn(shift(norm(x)))), then the same with the feed-forward."""
+
+    def __init__(self, dim: int, layer_number: int, attn: Attention, ff: FeedForward, attn_type: str,
+                 sandwich_norm: bool, shift: Optional[TokenShift]):
+        super().__init__()
+        eps = layer_scale_init(layer_number)
+        self.attn_type = attn_type
+        self.attn_scale = nn.Parameter(torch.full((1, 1, dim), eps))
+        self.attn_norm = nn.LayerNorm(dim)
+        self.attn = attn
+        self.attn_norm_out = nn.LayerNorm(dim) if sandwich_norm else nn.Identity()
+        self.ff_scale = nn.Parameter(torch.full((1, 1, dim), eps))
+        self.ff_norm = nn.LayerNorm(dim)
+        self.ff = ff
+        self.ff_norm_out = nn.LayerNorm(dim) if sandwich_norm else nn.Identity()
+        self._shift = [shift]  # shared, parameter-free; kept out of the module tree
+
+    def _shifted(self, x: Tensor, start: int, history: Optional[Tensor]) -> Tensor:
+        shift = self._shift[0]
+        return x if shift is None else shift(x, start=start, history=history)
+
+    def attn_branch(self, x: Tensor, start: int, mask: Optional[Tensor], rotary: Optional[Tensor],
+                    cache: Optional[KVCache], index: int) -> Tensor:
+        """scale * norm_out(attn(shift(norm(x))))."""
+        history = cache.layer_history(index, 0) if cache is not None else None
+        kv = cache.layer_kv(index) if cache is not None else None
+        h = self._shifted(self.attn_norm(x), start, history)
+        h = self.attn(h, mask=mask, rotary=rotary, kv_cache=kv, start=start)
+        return self.attn_norm_out(h) * self.attn_scale
+
+    def ff_branch(self, x: Tensor, start: int, cache: Optional[KVCache], index: int) -> Tensor:
+        """scale * norm_out(ff(shift(norm(x))))."""
+        history = cache.layer_history(index, 1) if cache is not None else None
+        h = self._shifted(self.ff_norm(x), start, history)
+        return self.ff_norm_out(self.ff(h)) * self.ff_scale
+
+
+class Transformer(nn.Module):
+    """A stack of `Block`s over [<bos> text ; image] (or plain) sequences, with a prebuilt mask per pattern."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        depth: int,
+        seq_len: int,
+        causal: bool = True,
+        heads: int = 8,
+        dim_head: int = 64,
+        ff_mult: int = 4,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        attn_types: Optional[Sequence[str]] = None,
+        image_fmap_size: Optional[int] = None,
+        stable: bool = False,
+        sandwich_norm: bool = False,
+        shift_tokens: bool = False,
+        rotary_emb: bool = True,
+        shared_attn_ids: Optional[Sequence] = None,
+        shared_ff_ids: Optional[Sequence] = None,
+        reversible: bool = False,
+        gradient_checkpointing: bool = False,
+        conv_kernel_size: Optional[int] = None,
+        conv_dilation: int = 1,
+    ):
+        super().__init__()
+        attn_types = cast_tuple(default(attn_types, ("full",)))
+        for t in attn_types:
+            if t == "sparse":
+                raise ValueError("attn_types 'sparse' (DeepSpeed block-sparse kernels) is not supported; use "
+                                 "'axial_row', 'axial_col', 'conv_like' or the paper's 'row', 'col', 'conv'")
+            if t not in ATTN_TYPES:
+                raise ValueError(f"unknown attention type {t!r}; expected one of {ATTN_TYPES}")
+        if image_fmap_size is None and (shift_tokens or rotary_emb or set(attn_types) != {"full"}):
+            raise ValueError("shift_tokens, rotary_emb and sparse attention patterns need image_fmap_size")
+        self.dim, self.depth, self.heads, self.dim_head = dim, depth, heads, dim_head
+        self.causal = causal
+        self.stable = stable
+        self.reversible = reversible
+        self.gradient_checkpointing = gradient_checkpointing
+        img_len = 0 if image_fmap_size is None else image_fmap_size**2
+        self.text_len = seq_len + 1 - img_len if img_len else seq_len  # positions before the image (<bos> included)
+        self.total_len = self.text_len + img_len
+        self.image_fmap_size = image_fmap_size
+
+        layer_types = list(islice(cycle(attn_types), depth))
+        self.shift = TokenShift(dim, self.text_len, image_fmap_size) if shift_tokens else None
+        shared_attn: Dict = {}
+        shared_ff: Dict = {}
+        blocks: List[Block] = []
+        attn_ids = cycle(default(shared_attn_ids, range(depth)))
+        ff_ids = cycle(default(shared_ff_ids, range(depth)))
+        for index, attn_type, attn_id, ff_id in zip(range(depth), layer_types, attn_ids, ff_ids):
+            if attn_id not in shared_attn:
+                attn = Attention(dim, heads=heads, dim_head=dim_head, dropout=attn_dropout, causal=causal)
+                shared_attn[attn_id] = (attn, attn_type)
+            attn, shared_type = shared_attn[attn_id]
+            if shared_type != attn_type:
+                raise ValueError(f"attn_types do not match shared_attn_ids: layer {index} is {attn_type!r} but shares "
+                                 f"attention {attn_id!r} with a {shared_type!r} layer")
+            if ff_id not in shared_ff:
+                shared_ff[ff_id] = FeedForward(dim, mult=ff_mult, dropout=ff_dropout)
+            blocks.append(Block(dim, index + 1, attn, shared_ff[ff_id], attn_type, sandwich_norm, self.shift))
+        self.layers = nn.ModuleList(blocks)
+
+        kernel = {"conv_like": default(conv_kernel_size, 5), "conv": default(conv_kernel_size, 11)}
+        for t in set(layer_types):
+            if causal and t != "full":
+                mask = attention_mask(t, self.text_len, image_fmap_size, kernel_size=kernel.get(t, 5),
+                                      dilation=conv_dilation)
+                self.register_buffer(f"mask_{t}", mask, persistent=False)
+        if causal:
+            self.register_buffer("mask_full", attention_mask("full", self.text_len, image_fmap_size), persistent=False)
+        rotary = dalle_rotary_table(dim_head, self.text_len, image_fmap_size) if rotary_emb else None
+        self.register_buffer("rotary", rotary, persistent=False)
+
+    def _mask(self, attn_type: str, start: int, end: int, key_padding_mask: Optional[Tensor]) -> Optional[Tensor]:
+        if not self.causal:
+            return None if key_padding_mask is None else key_padding_mask[:, None, None, :end]
+        if attn_type == "full" and (start == 0 or end - start == 1):
+            return None  # SDPA's is_causal, or a single query that sees everything before it
+        return getattr(self, f"mask_{attn_type}")[start:end, :end]
+
+    def allocate_cache(self, batch: int, *, device=None, dtype=None) -> KVCache:
+        """A `KVCache` for `batch` sequences of up to the full length, in the model's (or autocast's) dtype."""
+        ref = next(self.parameters())
+        device = default(device, ref.device)
+        if dtype is None:
+            dtype = ref.dtype
+            if torch.is_autocast_enabled(torch.device(device).type):
+                dtype = torch.get_autocast_dtype(torch.device(device).type)
+        return KVCache.allocate(num_layers=self.depth, batch=batch, heads=self.heads, dim_head=self.dim_head,
+                                max_len=self.total_len, dim=self.dim, shift_tokens=self.shift is not None,
+                                device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, *, start: int = 0, cache: Optional[KVCache] = None,
+                key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        """Run positions [start, start + n) of `x` (B, n, dim); with a cache, earlier positions come from it."""
+        n = x.shape[1]
+        end = start + n
+        if end > self.total_len:
+            raise ValueError(f"sequence of {end} positions exceeds the transformer's {self.total_len}")
+        if start > 0 and cache is None:
+            raise ValueError("start > 0 needs the cache holding the earlier positions")
+        rotary = self.rotary[start:end] if self.rotary is not None else None
+        masks = {t: self._mask(t, start, end, key_padding_mask) for t in {b.attn_type for b in self.layers}}
+        use_ckpt = (self.reversible or self.gradient_checkpointing) and self.training and torch.is_grad_enabled()
+
+        def run(fn, *args):
+            return checkpoint(fn, *args, use_reentrant=False) if use_ckpt else fn(*args)
+
+        if self.reversible:
+            x1 = x2 = x
+            for i, block in enumerate(self.layers):
+                x1 = x1 + run(block.attn_branch, x2, start, masks[block.attn_type], rotary, cache, i)
+                x2 = x2 + run(block.ff_branch, x1, start, cache, i)
+            x = (x1 + x2) / 2
+        else:
+            for i, block in enumerate(self.layers):
+                x = x + run(block.attn_branch, x, start, masks[block.attn_type], rotary, cache, i)
+                x = x + run(block.ff_branch, x, start, cache, i)
+        if cache is not None:
+            cache.tokens_processed += n
+        return x

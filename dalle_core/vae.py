@@ -1,0 +1,260 @@
+"""The discrete VAE (dVAE) that turns images into a grid of codebook tokens and back.
+
+Same layers, parameter names and defaults as DALLE-pytorch 1.6.6's `DiscreteVAE`, so its state dicts load
+with `strict=True`. Differences from the reference, on purpose:
+
+* Images go in and come out in [0, 1]. Inside, images are normalised with `(x - mean) / std` exactly like the
+  reference and the decoder works in that space; returned images are mapped back (`* std + mean`) and
+  clamped to [0, 1]. The reference's `decode` and `forward` return the normalised space instead.
+* The KL term is KL(q || uniform) summed over codes, then averaged over batch and latent positions. The
+  reference divides the total by 1 (`batchmean` on a batch-1 tensor), so its KL grows with batch size and
+  grid size; ours equals the reference's divided by `batch * fmap_size**2`.
+* User input is validated with ValueError / TypeError instead of asserts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from dalle_core._utils import check_images, check_token_ids, default, eval_decorator
+
+__all__ = ["DiscreteVAE", "ResBlock", "CodebookUsage", "codebook_usage"]
+
+DEFAULT_NORMALIZATION = ((0.5, 0.5, 0.5, 0.0), (0.5, 0.5, 0.5, 1.0))  # (means, stds); sliced to `channels`
+
+
+class ResBlock(nn.Module):
+    """Residual block: conv3x3 -> ReLU -> conv3x3 -> ReLU -> conv1x1, plus the input."""
+
+    def __init__(self, chan: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(chan, chan, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(chan, chan, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(chan, chan, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the block."""
+        return self.net(x) + x
+
+
+@dataclass
+class CodebookUsage:
+    """How much of a codebook a set of codes uses."""
+
+    usage: float  # fraction of the codebook seen at least once
+    perplexity: float  # exp(entropy of the code histogram): num_tokens when uniform, 1 when collapsed
+    counts: Tensor  # (num_tokens,) how often each code occurs
+
+
+def codebook_usage(codes: Tensor, num_tokens: int) -> CodebookUsage:
+    """Usage fraction, perplexity and histogram of integer `codes` (any shape) over a codebook of `num_tokens`."""
+    codes = check_token_ids("codes", codes, vocab_size=num_tokens, ndim=getattr(codes, "ndim", 1))
+    if codes.numel() == 0:
+        raise ValueError("codes must contain at least one code, got an empty tensor")
+    counts = torch.bincount(codes.flatten(), minlength=num_tokens)
+    probs = counts.double() / counts.sum()
+    entropy = -torch.special.xlogy(probs, probs).sum()  # 0 * log 0 = 0
+    return CodebookUsage(
+        usage=float((counts > 0).sum()) / num_tokens,
+        perplexity=float(entropy.exp()),
+        counts=counts,
+    )
+
+
+def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_normalization(normalization: Any, channels: int) -> Optional[Tuple[Tuple[float, ...], ...]]:
+    """Validate (means, stds) and slice each to `channels` entries, like the reference."""
+    if normalization is None:
+        return None
+    try:
+        means, stds = (tuple(float(v) for v in t) for t in normalization)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"normalization must be a pair (means, stds) of number sequences, got {normalization!r}") from err
+    means, stds = means[:channels], stds[:channels]
+    if len(means) != channels or len(stds) != channels:
+        raise ValueError(f"normalization needs {channels} means and stds (one per channel), got {len(means)} and {len(stds)}")
+    if any(s == 0 for s in stds):
+        raise ValueError(f"normalization stds must be non-zero, got {stds}")
+    return means, stds
+
+
+class DiscreteVAE(nn.Module):
+    """Convolutional dVAE with a Gumbel-softmax bottleneck over a learned codebook (images in [0, 1])."""
+
+    def __init__(
+        self,
+        *,
+        image_size: int = 256,
+        num_tokens: int = 512,
+        codebook_dim: int = 512,
+        num_layers: int = 3,
+        num_resnet_blocks: int = 0,
+        hidden_dim: int = 64,
+        channels: int = 3,
+        smooth_l1_loss: bool = False,
+        temperature: float = 0.9,
+        straight_through: bool = False,
+        reinmax: bool = False,  # only used with straight_through, as in the reference
+        kl_div_loss_weight: float = 0.0,
+        normalization: Optional[Sequence[Sequence[float]]] = DEFAULT_NORMALIZATION,
+    ):
+        super().__init__()
+        for name, value, minimum in [("image_size", image_size, 1), ("num_tokens", num_tokens, 1),
+                                     ("codebook_dim", codebook_dim, 1), ("num_layers", num_layers, 1),
+                                     ("num_resnet_blocks", num_resnet_blocks, 0), ("hidden_dim", hidden_dim, 1),
+                                     ("channels", channels, 1)]:
+            _check_positive_int(name, value, minimum)
+        if image_size & (image_size - 1):
+            raise ValueError(f"image_size must be a power of 2, got {image_size}")
+        if image_size < 2 ** num_layers:
+            raise ValueError(f"image_size must be at least 2**num_layers = {2 ** num_layers}, got {image_size}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.normalization = _check_normalization(normalization, channels)
+
+        self.config: Dict[str, Any] = dict(
+            image_size=image_size, num_tokens=num_tokens, codebook_dim=codebook_dim, num_layers=num_layers,
+            num_resnet_blocks=num_resnet_blocks, hidden_dim=hidden_dim, channels=channels,
+            smooth_l1_loss=bool(smooth_l1_loss), temperature=float(temperature),
+            straight_through=bool(straight_through), reinmax=bool(reinmax),
+            kl_div_loss_weight=float(kl_div_loss_weight),
+            normalization=None if normalization is None else [[float(v) for v in t] for t in normalization],
+        )
+        self.image_size = image_size
+        self.num_tokens = num_tokens
+        self.num_layers = num_layers
+        self.channels = channels
+        self.fmap_size = image_size // 2 ** num_layers
+        self.temperature = float(temperature)
+        self.straight_through = bool(straight_through)
+        self.reinmax = bool(reinmax)
+        self.kl_div_loss_weight = float(kl_div_loss_weight)
+        self.loss_fn = F.smooth_l1_loss if smooth_l1_loss else F.mse_loss
+
+        self.codebook = nn.Embedding(num_tokens, codebook_dim)
+
+        # Layer order (and so state-dict indices) follows the reference exactly.
+        has_resblocks = num_resnet_blocks > 0
+        enc_layers: list = []
+        dec_layers: list = []
+        enc_in, dec_in = channels, (hidden_dim if has_resblocks else codebook_dim)
+        for _ in range(num_layers):
+            enc_layers.append(nn.Sequential(nn.Conv2d(enc_in, hidden_dim, 4, stride=2, padding=1), nn.ReLU()))
+            dec_layers.append(nn.Sequential(nn.ConvTranspose2d(dec_in, hidden_dim, 4, stride=2, padding=1), nn.ReLU()))
+            enc_in = dec_in = hidden_dim
+        enc_layers += [ResBlock(hidden_dim) for _ in range(num_resnet_blocks)]
+        dec_layers[:0] = [ResBlock(hidden_dim) for _ in range(num_resnet_blocks)]
+        if has_resblocks:
+            dec_layers.insert(0, nn.Conv2d(codebook_dim, hidden_dim, 1))
+        enc_layers.append(nn.Conv2d(hidden_dim, num_tokens, 1))
+        dec_layers.append(nn.Conv2d(hidden_dim, channels, 1))
+        self.encoder = nn.Sequential(*enc_layers)
+        self.decoder = nn.Sequential(*dec_layers)
+
+    # --- pixel space <-> normalised space ------------------------------------------------------------------
+
+    def _mean_std(self, like: Tensor) -> Tuple[Tensor, Tensor]:
+        means, stds = (like.new_tensor(t).view(1, -1, 1, 1) for t in self.normalization)  # (1, c, 1, 1)
+        return means, stds
+
+    def norm(self, images: Tensor) -> Tensor:
+        """Map [0, 1] images to the normalised space the encoder and decoder work in."""
+        if self.normalization is None:
+            return images
+        means, stds = self._mean_std(images)
+        return (images - means) / stds
+
+    def denorm(self, images: Tensor) -> Tensor:
+        """Map decoder output back to pixel space, clamped to [0, 1]."""
+        if self.normalization is not None:
+            means, stds = self._mean_std(images)
+            images = images * stds + means
+        return images.clamp(0.0, 1.0)
+
+    # --- tokens ----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    @eval_decorator
+    def get_codebook_indices(self, images: Tensor) -> Tensor:
+        """Image tokens: argmax of the encoder logits, shape (batch, fmap_size**2), no noise."""
+        logits = self(images, return_logits=True)  # (b, n, h, w)
+        return logits.argmax(dim=1).flatten(1)
+
+    def decode(self, img_seq: Tensor) -> Tensor:
+        """Images in [0, 1] from token ids of shape (batch, fmap_size**2)."""
+        img_seq = check_token_ids("img_seq", img_seq, vocab_size=self.num_tokens, ndim=2)
+        if img_seq.shape[1] != self.fmap_size ** 2:
+            raise ValueError(f"img_seq must have {self.fmap_size ** 2} tokens per image "
+                             f"({self.fmap_size}x{self.fmap_size}), got {img_seq.shape[1]}")
+        embeds = rearrange(self.codebook(img_seq), "b (h w) d -> b d h w", h=self.fmap_size)
+        return self.denorm(self.decoder(embeds))
+
+    @torch.no_grad()
+    def codebook_usage(self, images: Tensor) -> CodebookUsage:
+        """Codebook usage and perplexity of the tokens of `images`."""
+        return codebook_usage(self.get_codebook_indices(images), self.num_tokens)
+
+    # --- training --------------------------------------------------------------------------------------------
+
+    def kl_divergence(self, logits: Tensor) -> Tensor:
+        """KL(q || uniform) per latent position (summed over codes), averaged over batch and positions."""
+        log_q = F.log_softmax(logits.float(), dim=1)  # (b, n, h, w)
+        kl = (log_q.exp() * (log_q + math.log(self.num_tokens))).sum(dim=1)  # (b, h, w)
+        return kl.mean()
+
+    def _relaxed_one_hot(self, logits: Tensor, temp: float) -> Tensor:
+        one_hot = F.gumbel_softmax(logits, tau=temp, dim=1, hard=self.straight_through)  # (b, n, h, w)
+        if self.straight_through and self.reinmax:
+            # ReinMax (arXiv 2304.08612, algorithm 2): hard sample forward, second-order gradient backward
+            one_hot = one_hot.detach()
+            pi0 = logits.softmax(dim=1)
+            pi1 = (one_hot + (logits / temp).softmax(dim=1)) / 2
+            pi1 = ((pi1.clamp(min=1e-20).log() - logits).detach() + logits).softmax(dim=1)
+            pi2 = 2 * pi1 - 0.5 * pi0
+            one_hot = pi2 - pi2.detach() + one_hot
+        return one_hot
+
+    def forward(
+        self,
+        img: Tensor,
+        return_loss: bool = False,
+        return_recons: bool = False,
+        return_logits: bool = False,
+        temp: Optional[float] = None,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """Reconstruction in [0, 1]; or encoder logits; or the loss (and the reconstruction)."""
+        img = check_images("img", img, channels=self.channels, image_size=self.image_size)
+        img = self.norm(img)
+        logits = self.encoder(img)  # (b, num_tokens, fmap, fmap)
+        if return_logits:
+            return logits
+
+        temp = default(temp, self.temperature)
+        if not temp > 0:
+            raise ValueError(f"temp must be > 0, got {temp}")
+        one_hot = self._relaxed_one_hot(logits, temp)
+        sampled = torch.einsum("b n h w, n d -> b d h w", one_hot, self.codebook.weight)
+        out = self.decoder(sampled)  # (b, c, image_size, image_size), normalised space
+        if not return_loss:
+            return self.denorm(out)
+
+        recon_loss = self.loss_fn(img, out.to(img.dtype))
+        loss = recon_loss + self.kl_divergence(logits) * self.kl_div_loss_weight
+        return (loss, self.denorm(out)) if return_recons else loss
