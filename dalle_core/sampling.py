@@ -59,7 +59,8 @@ def gumbel_noise(t: Tensor, generator: Optional[torch.Generator] = None, eps: fl
     """Standard Gumbel noise shaped like `t` (float32 or `t`'s float dtype)."""
     dtype = t.dtype if t.is_floating_point() else torch.float32
     u = torch.rand(t.shape, generator=generator, device=t.device, dtype=torch.float32)
-    return (-torch.log(-torch.log(u.clamp(min=eps)).clamp(min=eps))).to(dtype)
+    neg_log_u = (-torch.log(u.clamp(min=eps))).clamp(min=eps)
+    return (-torch.log(neg_log_u)).to(dtype)
 
 
 def gumbel_sample(

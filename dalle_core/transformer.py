@@ -198,7 +198,8 @@ class Transformer(nn.Module):
         self.causal = causal
         self.stable = stable
         self.reversible = reversible
-        self.gradient_checkpointing = gradient_checkpointing
+        # reversible residuals keep their memory promise through activation checkpointing
+        self.gradient_checkpointing = gradient_checkpointing or reversible
         img_len = 0 if image_fmap_size is None else image_fmap_size**2
         self.text_len = seq_len + 1 - img_len if img_len else seq_len  # positions before the image (<bos> included)
         self.total_len = self.text_len + img_len
@@ -265,7 +266,7 @@ class Transformer(nn.Module):
             raise ValueError("start > 0 needs the cache holding the earlier positions")
         rotary = self.rotary[start:end] if self.rotary is not None else None
         masks = {t: self._mask(t, start, end, key_padding_mask) for t in {b.attn_type for b in self.layers}}
-        use_ckpt = (self.reversible or self.gradient_checkpointing) and self.training and torch.is_grad_enabled()
+        use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
 
         def run(fn, *args):
             return checkpoint(fn, *args, use_reentrant=False) if use_ckpt else fn(*args)
