@@ -1,0 +1,361 @@
+"""Caption tokenizers: one contract (ids in [1, vocab_size), 0 is padding) over bytes, youtokentome and HF BPE.
+
+`ByteTokenizer` (the default) needs no training and no files and covers every language; `YttmTokenizer` and
+`HugTokenizer` are trained BPE vocabularies whose packages are optional and imported only when used.
+"""
+from __future__ import annotations
+
+import json
+import operator
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, List, Sequence, Union
+
+import torch
+from torch import Tensor
+
+PathLike = Union[str, "os.PathLike[str]"]
+Corpus = Union[PathLike, Iterable[str]]
+
+# youtokentome ships no wheels for current Pythons; its build needs Cython, setuptools and wheel (and a C++ compiler)
+YTTM_INSTALL = "pip install cython setuptools wheel && pip install --no-build-isolation youtokentome"
+HF_INSTALL = "pip install 'tokenizers>=0.15.1'"
+
+
+def default_tokenizer() -> "ByteTokenizer":
+    """The tokenizer used when none is given: UTF-8 bytes, vocab_size 257."""
+    return ByteTokenizer()
+
+
+class Tokenizer(ABC):
+    """What every caption tokenizer does: `encode`/`decode` one caption, `tokenize` a padded batch, `save`/`load`."""
+
+    pad_id: int = 0
+    _skip_ids: frozenset = frozenset()  # reserved ids that `decode` drops (besides 0 and ids >= vocab_size)
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Ids lie in [1, vocab_size); 0 is padding."""
+
+    @abstractmethod
+    def _encode_batch(self, texts: List[str], dropout_prob: float) -> List[List[int]]:
+        """Encode checked captions."""
+
+    @abstractmethod
+    def _decode(self, ids: List[int]) -> str:
+        """Decode ids already stripped of padding, reserved and out-of-vocabulary ids."""
+
+    @abstractmethod
+    def save(self, path: PathLike) -> None:
+        """Write everything needed to rebuild this tokenizer with `Tokenizer.load(path)`."""
+
+    def encode(self, text: str, *, dropout_prob: float = 0.0) -> List[int]:
+        """Token ids of one caption, each in [1, vocab_size); `dropout_prob` > 0 applies BPE-dropout."""
+        return self.encode_batch([text], dropout_prob=dropout_prob)[0]
+
+    def encode_batch(self, texts: Sequence[str], *, dropout_prob: float = 0.0) -> List[List[int]]:
+        """Token ids of several captions (faster than `encode` in a loop for the BPE tokenizers)."""
+        texts = _check_texts(texts)
+        if not isinstance(dropout_prob, (int, float)) or not 0.0 <= dropout_prob <= 1.0:
+            raise ValueError(f"dropout_prob must be a number in [0, 1], got {dropout_prob!r}")
+        return self._encode_batch(texts, float(dropout_prob))
+
+    def decode(self, ids: Union[Sequence[int], Tensor], pad_tokens: Iterable[int] = ()) -> str:
+        """Text of a 1-D id sequence, skipping padding 0, reserved ids, ids >= vocab_size and `pad_tokens`."""
+        if isinstance(ids, Tensor):
+            if ids.ndim != 1:
+                raise ValueError(f"decode takes one 1-D sequence of ids, got a tensor of shape {tuple(ids.shape)}")
+            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+                raise TypeError(f"decode needs integer ids, got a tensor of dtype {ids.dtype}")
+            ids = ids.tolist()
+        elif isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise TypeError(f"decode takes a list or 1-D tensor of ints, got {type(ids).__name__}")
+        try:
+            ids = [operator.index(i) for i in ids]
+        except TypeError:
+            raise TypeError("decode takes a list or 1-D tensor of ints, got a non-integer element") from None
+        if any(i < 0 for i in ids):
+            raise ValueError(f"token ids must be >= 0, got {min(ids)}")
+        skip, vocab_size = {self.pad_id, *pad_tokens, *self._skip_ids}, self.vocab_size
+        return self._decode([i for i in ids if i < vocab_size and i not in skip])
+
+    def tokenize(self, texts: Union[str, Sequence[str]], context_length: int = 256, truncate_text: bool = False,
+                 *, dropout_prob: float = 0.0) -> Tensor:
+        """Captions as a LongTensor (B, context_length) padded with 0; over-long ones raise unless truncated."""
+        if isinstance(context_length, bool) or not isinstance(context_length, int):
+            raise TypeError(f"context_length must be an int, got {type(context_length).__name__}")
+        if context_length < 1:
+            raise ValueError(f"context_length must be >= 1, got {context_length}")
+        texts = [texts] if isinstance(texts, str) else _check_texts(texts)
+        all_ids = self.encode_batch(texts, dropout_prob=dropout_prob)
+        out = torch.zeros(len(texts), context_length, dtype=torch.long)  # (B, context_length)
+        for row, (text, ids) in enumerate(zip(texts, all_ids)):
+            if len(ids) > context_length:
+                if not truncate_text:
+                    shown = text if len(text) <= 60 else text[:57] + "..."
+                    raise ValueError(f"caption {shown!r} is {len(ids)} tokens long, more than context_length="
+                                     f"{context_length}; shorten it or pass truncate_text=True")
+                ids = ids[:context_length]
+            out[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    @staticmethod
+    def load(path: PathLike) -> "Tokenizer":
+        """Rebuild a saved tokenizer of any kind: ByteTokenizer marker, HF tokenizer.json or youtokentome model."""
+        text = _existing(path, "tokenizer file").read_text(encoding="utf-8")
+        if not text.lstrip().startswith("{"):
+            return YttmTokenizer(path)
+        if json.loads(text).get("dalle_core_tokenizer") == "ByteTokenizer":
+            return ByteTokenizer()
+        return HugTokenizer(path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes as tokens (id = byte + 1, vocab_size 257): no training, no files, every language and emoji.
+
+    Round-trips every valid string exactly. BPE-dropout does nothing (there are no merges). A truncated caption
+    may end mid-character; `decode` shows broken or invalid byte sequences as U+FFFD instead of raising.
+    """
+
+    @property
+    def vocab_size(self) -> int:
+        """257: the 256 byte values shifted by one, plus padding 0."""
+        return 257
+
+    def _encode_batch(self, texts: List[str], dropout_prob: float) -> List[List[int]]:
+        try:
+            return [[byte + 1 for byte in text.encode("utf-8")] for text in texts]
+        except UnicodeEncodeError as err:
+            raise ValueError(f"caption is not valid Unicode (a lone surrogate?): {err}") from None
+
+    def _decode(self, ids: List[int]) -> str:
+        return bytes(i - 1 for i in ids).decode("utf-8", errors="replace")
+
+    def save(self, path: PathLike) -> None:
+        """Write a small JSON marker; there is nothing else to store."""
+        Path(path).write_text(json.dumps({"dalle_core_tokenizer": "ByteTokenizer"}) + "\n", encoding="utf-8")
+
+
+# youtokentome splits words on C isspace (" \t\n\v\f\r" in a UTF-8 or C locale) and on its word marker U+2581.
+_YTTM_SPACE = re.compile("[ \t\n\v\f\r\u2581]+")
+_YTTM_SPECIALS = ["<PAD>", "<UNK>", "<BOS>", "<EOS>"]
+
+
+class YttmTokenizer(Tokenizer):
+    """BPE from youtokentome (optional; see `YTTM_INSTALL` for the install command).
+
+    Our ids are yttm's ids: 0 <PAD> (our padding), 1 <UNK> (unknown characters), 2 <BOS> and 3 <EOS> (never
+    emitted; decode skips them), subwords from 4. youtokentome is lossy; `normalize(text)` returns exactly
+    `decode(encode(text))`:
+    - Whitespace is only " \\t\\n\\v\\f\\r" and U+2581 "▁" (yttm's word marker): every run of it becomes one
+      space and leading/trailing runs are dropped, so "a\\t\\n b " decodes to "a b". Other Unicode spaces
+      (U+00A0, U+3000, U+2028, \\x1c-\\x1f, \\x85, ...) are ordinary characters, kept if in the alphabet.
+    - Characters outside the model's alphabet (unseen in training, or cut by `coverage` < 1): each maximal run
+      of them inside a word becomes one <UNK> (id 1), which decodes to U+FFFD, so "a😀😀b" -> "a\\ufffdb".
+    Everything else (any script, accents, emoji seen in training) round-trips exactly. Training is not
+    bit-reproducible (equally frequent merges may be ordered differently from run to run), so keep the model
+    file with the checkpoint. Training logs its parameters to stderr.
+    """
+
+    _skip_ids = frozenset({2, 3})
+    UNK_ID = 1
+    UNK_TEXT = "\ufffd"
+
+    def __init__(self, model_path: PathLike) -> None:
+        yttm = _import_yttm()
+        path = _existing(model_path, "youtokentome model")
+        self._model_bytes = path.read_bytes()  # `save` writes these, even if the file changes later
+        self._bpe = yttm.BPE(model=str(path))
+        self._pieces: List[str] = self._bpe.vocab()
+        if self._pieces[:4] != _YTTM_SPECIALS:
+            raise ValueError(f"{path} must use yttm's default ids pad=0, unk=1, bos=2, eos=3 (0 is our padding), "
+                             f"got {self._pieces[:4]} for ids 0-3; retrain with YttmTokenizer.train")
+        self._alphabet = frozenset(p for p in self._pieces[4:] if len(p) == 1) - {"\u2581"}
+
+    @classmethod
+    def train(cls, texts_or_file: Corpus, vocab_size: int, model_path: PathLike, *, coverage: float = 1.0,
+              n_threads: int = -1) -> "YttmTokenizer":
+        """Learn BPE from captions (an iterable of str, or a text file path) and write the model to `model_path`."""
+        yttm = _import_yttm()
+        with _corpus_file(texts_or_file) as data:
+            yttm.BPE.train(data=str(data), model=str(model_path), vocab_size=vocab_size, coverage=coverage,
+                           n_threads=n_threads, pad_id=0, unk_id=1, bos_id=2, eos_id=3)
+        return cls(model_path)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the learned vocabulary (may be below the requested size on a small corpus)."""
+        return len(self._pieces)
+
+    def _encode_batch(self, texts: List[str], dropout_prob: float) -> List[List[int]]:
+        return self._bpe.encode(texts, dropout_prob=dropout_prob)
+
+    def _decode(self, ids: List[int]) -> str:
+        text = "".join(self.UNK_TEXT if i == self.UNK_ID else self._pieces[i] for i in ids).replace("\u2581", " ")
+        return text[1:] if text.startswith(" ") else text
+
+    def normalize(self, text: str) -> str:
+        """What `decode(encode(text))` returns: whitespace collapsed and stripped, unknown runs as U+FFFD."""
+        words = []
+        for word in _YTTM_SPACE.split(_check_texts([text])[0]):
+            chars, in_unknown_run = [], False
+            for ch in word:
+                known = ch in self._alphabet
+                if known or not in_unknown_run:  # a run of unknown characters is one <UNK>
+                    chars.append(ch if known else self.UNK_TEXT)
+                in_unknown_run = not known
+            words.append("".join(chars))
+        return " ".join(w for w in words if w)
+
+    def save(self, path: PathLike) -> None:
+        """Write the youtokentome model file."""
+        Path(path).write_bytes(self._model_bytes)
+
+
+class HugTokenizer(Tokenizer):
+    """Hugging Face `tokenizers` (optional: `pip install 'tokenizers>=0.15.1'`); `train` makes byte-level BPE.
+
+    Trained here: <pad> is id 0, all 256 bytes are in the vocabulary, so every string round-trips exactly.
+    Loaded tokenizer.json: when id 0 is a special token (e.g. <pad>, [PAD]) our ids are the file's ids;
+    otherwise (e.g. GPT-2, where 0 is "!") our id = file id + 1 so that 0 stays padding. Special tokens typed in
+    a caption are encoded as plain text, and `decode` drops special tokens. A loaded file's own normalizer
+    (lower-casing, NFKC, ...) still applies, so such files round-trip only as exactly as that normalizer allows.
+    """
+
+    def __init__(self, path_or_tokenizer: Any) -> None:
+        tokenizers = _import_hf()
+        if isinstance(path_or_tokenizer, tokenizers.Tokenizer):
+            self._tok = path_or_tokenizer
+        else:
+            self._tok = tokenizers.Tokenizer.from_file(str(_existing(path_or_tokenizer, "tokenizer.json")))
+        self._tok.encode_special_tokens = True  # "<pad>" inside a caption is text, not padding
+        added = self._tok.get_added_tokens_decoder()
+        self._offset = 0 if 0 in added and added[0].special else 1
+
+    @classmethod
+    def train(cls, texts_or_file: Corpus, vocab_size: int) -> "HugTokenizer":
+        """Learn byte-level BPE from captions (an iterable of str, or a text file path), with <pad> at id 0."""
+        tokenizers = _import_hf()
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 258:
+            raise ValueError(f"vocab_size must be an int >= 258 (<pad> + 256 bytes + merges), got {vocab_size!r}")
+        tok = tokenizers.Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>"], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(_iter_corpus(texts_or_file), trainer)
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        """The file's vocabulary (added tokens included), plus one when ids were shifted to free 0."""
+        return self._tok.get_vocab_size(with_added_tokens=True) + self._offset
+
+    def _encode_batch(self, texts: List[str], dropout_prob: float) -> List[List[int]]:
+        model = self._tok.model
+        if dropout_prob and not hasattr(model, "dropout"):
+            raise ValueError(f"dropout_prob needs a BPE model, this tokenizer has {type(model).__name__}")
+        previous = getattr(model, "dropout", None)
+        if dropout_prob:
+            model.dropout = dropout_prob
+        try:
+            encodings = self._tok.encode_batch(texts, add_special_tokens=False)
+        finally:
+            if dropout_prob:
+                model.dropout = previous
+        return [[i + self._offset for i in enc.ids] for enc in encodings]
+
+    def _decode(self, ids: List[int]) -> str:
+        return self._tok.decode([i - self._offset for i in ids], skip_special_tokens=True)
+
+    def save(self, path: PathLike) -> None:
+        """Write the tokenizer.json."""
+        self._tok.save(str(path))
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _check_texts(texts: Any) -> List[str]:
+    """`texts` as a list of str, or a TypeError saying what came instead."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise TypeError(f"expected a list of str captions, got {type(texts).__name__}")
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"captions must be str, got {type(text).__name__}: {text!r:.60}")
+    return list(texts)
+
+
+def _existing(path: PathLike, what: str) -> Path:
+    """`path` as a Path, or FileNotFoundError naming what was expected there."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} path must be a str or os.PathLike, got {type(path).__name__}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    return Path(path)
+
+
+def _iter_corpus(texts_or_file: Corpus) -> Iterator[str]:
+    """Captions from an iterable of str, or the lines of a text file when given a path."""
+    if isinstance(texts_or_file, (str, os.PathLike)):
+        path = _existing(texts_or_file, "corpus file (or pass a list of captions)")
+        with open(path, encoding="utf-8", newline="\n") as f:  # split on "\n" only; keep "\r" as written
+            yield from (line[:-1] if line.endswith("\n") else line for line in f)
+        return
+    if not isinstance(texts_or_file, Iterable):
+        raise TypeError(f"expected captions (an iterable of str) or a file path, got {type(texts_or_file).__name__}")
+    for text in texts_or_file:
+        if not isinstance(text, str):
+            raise TypeError(f"captions must be str, got {type(text).__name__}: {text!r:.60}")
+        yield text
+
+
+@contextmanager
+def _corpus_file(texts_or_file: Corpus) -> Iterator[Path]:
+    """A text file path for the corpus: the given one, or a temporary file of one caption per line."""
+    if isinstance(texts_or_file, (str, os.PathLike)):
+        yield _existing(texts_or_file, "corpus file (or pass a list of captions)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "corpus.txt"
+        with open(path, "w", encoding="utf-8") as f:
+            count = 0
+            for text in _iter_corpus(texts_or_file):
+                f.write(text + "\n")
+                count += 1
+        if count == 0:
+            raise ValueError("cannot train a tokenizer on an empty corpus")
+        yield path
+
+
+def _import_yttm() -> Any:
+    """The youtokentome module, or an ImportError saying how to install it."""
+    try:
+        import youtokentome
+    except ImportError as err:
+        raise ImportError(f"YttmTokenizer needs youtokentome, which is not installed. Install it with: "
+                          f"{YTTM_INSTALL}") from err
+    return youtokentome
+
+
+def _import_hf() -> Any:
+    """The Hugging Face tokenizers module, or an ImportError saying how to install it."""
+    try:
+        import tokenizers
+    except ImportError as err:
+        raise ImportError(f"HugTokenizer needs Hugging Face tokenizers, which is not installed. Install it with: "
+                          f"{HF_INSTALL}") from err
+    if not hasattr(tokenizers.Tokenizer, "encode_special_tokens"):
+        raise ImportError(f"HugTokenizer needs tokenizers>=0.15.1, found {tokenizers.__version__}: {HF_INSTALL}")
+    return tokenizers
