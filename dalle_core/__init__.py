@@ -1,5 +1,6 @@
 """dalle-core: DALL-E in PyTorch — the dVAE, the DALLE transformer, the CLIP reranker and their sampling."""
-from . import sampling
+from . import data, sampling
+from .checkpoints import CheckpointError, from_pretrained, load_training_state, save_pretrained, save_training_state
 from .cache import KVCache
 from .clip import CLIP
 from .dalle import DALLE
@@ -16,6 +17,12 @@ __all__ = [
     "Transformer",
     "KVCache",
     "sampling",
+    "data",
+    "save_pretrained",
+    "from_pretrained",
+    "save_training_state",
+    "load_training_state",
+    "CheckpointError",
     "load_dalle_pytorch",
     "load_dalle_pytorch_vae",
     "load_dalle_pytorch_clip",

@@ -9,11 +9,28 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
-from rotary_embedding_torch import apply_rotary_emb
 from torch import Tensor, nn
 
-__all__ = ["Attention"]
+__all__ = ["Attention", "apply_rotary", "rotary_tables"]
+
+Rotary = Tuple[Tensor, Tensor, Tensor]  # (cos, signed sin, pair-swap permutation)
+
+
+def rotary_tables(freqs: Tensor) -> Rotary:
+    """Precompute (cos, sign * sin, perm) for `apply_rotary` from rotary frequencies (n, rot_dim)."""
+    rot = freqs.shape[-1]
+    perm = torch.arange(rot).view(-1, 2).flip(-1).reshape(-1)  # (x0, x1) -> (x1, x0)
+    sign = torch.tensor([-1.0, 1.0]).repeat(rot // 2)
+    return freqs.cos(), freqs.sin() * sign, perm
+
+
+def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor, perm: Tensor) -> Tensor:
+    """Rotate the first rot_dim features of `t` (..., n, d): t * cos + rotate_half(t) * sin, with the
+    pair rotation done as one gather (bitwise equal to rotary-embedding-torch's `apply_rotary_emb`)."""
+    rot = cos.shape[-1]
+    x = t[..., :rot]
+    rotated = x * cos + x.index_select(-1, perm) * sin
+    return torch.cat((rotated.to(t.dtype), t[..., rot:]), dim=-1)
 
 
 class Attention(nn.Module):
@@ -34,22 +51,22 @@ class Attention(nn.Module):
         x: Tensor,
         *,
         mask: Optional[Tensor] = None,
-        rotary: Optional[Tensor] = None,
+        rotary: Optional[Rotary] = None,
         kv_cache: Optional[Tuple[Tensor, Tensor]] = None,
         start: int = 0,
     ) -> Tensor:
         """Attend from `x` (B, n, dim), the positions [start, start + n), to every visible position.
 
         mask: bool, broadcastable to (B, heads, n, start + n); None means plain causal (or no mask when
-        the module is not causal). rotary: frequencies (n, rot_dim) for these positions. kv_cache: the
+        the module is not causal). rotary: `rotary_tables` rows for these positions. kv_cache: the
         preallocated (keys, values) buffers (B, heads, max_len, dim_head) of this layer; the new keys
         and values are written at [start, start + n) and attention reads [0, start + n).
         """
-        n = x.shape[1]
-        q, k, v = rearrange(self.to_qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.heads)
+        b, n, _ = x.shape
+        qkv = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)  # (3, B, h, n, d)
         if rotary is not None:
-            # DALLE-pytorch rotates the values too; kept for weight compatibility
-            q, k, v = (apply_rotary_emb(rotary, t) for t in (q, k, v))
+            qkv = apply_rotary(qkv, *rotary)  # DALLE-pytorch rotates the values too; kept for weight compatibility
+        q, k, v = qkv.unbind(0)
 
         if kv_cache is not None:
             k_buf, v_buf = kv_cache
@@ -63,5 +80,5 @@ class Attention(nn.Module):
                 raise ValueError("a causal chunk after cached positions needs an explicit mask")
             is_causal = True
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, h, n, d)
-        out = rearrange(out, "b h n d -> b n (h d)")
+        out = out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head)
         return self.dropout(self.to_out(out))

@@ -25,6 +25,11 @@ class KVCache:
     offset: int = 0
     tokens_processed: int = field(default=0)
 
+    def __post_init__(self) -> None:
+        # per-layer views, made once: decoding a token then indexes no tensors
+        self._kv = [(k, v) for k, v in zip(self.keys.unbind(0), self.values.unbind(0))]
+        self._history = None if self.shift_history is None else [tuple(h.unbind(0)) for h in self.shift_history.unbind(0)]
+
     @classmethod
     def allocate(
         cls,
@@ -55,11 +60,11 @@ class KVCache:
 
     def layer_kv(self, layer: int) -> Tuple[Tensor, Tensor]:
         """(keys, values) buffers of one layer."""
-        return self.keys[layer], self.values[layer]
+        return self._kv[layer]
 
     def layer_history(self, layer: int, branch: int) -> Optional[Tensor]:
         """Token-shift history of one layer's attention (branch 0) or feed-forward (branch 1)."""
-        return None if self.shift_history is None else self.shift_history[layer, branch]
+        return None if self._history is None else self._history[layer][branch]
 
     def reset(self) -> None:
         """Forget every position (the buffers are reused)."""

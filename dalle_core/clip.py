@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ._utils import check_images, check_same_batch, check_token_ids, eval_decorator
+from .checkpoints import PretrainedMixin
 from .transformer import Transformer
 
 __all__ = ["CLIP", "RerankResult"]
@@ -34,7 +35,7 @@ class RerankResult(NamedTuple):
     indices: Tensor
 
 
-class CLIP(nn.Module):
+class CLIP(PretrainedMixin, nn.Module):
     """Contrastive text/image encoder pair with DALLE-pytorch 1.6.6's keywords, parameter names and outputs."""
 
     def __init__(

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from ._utils import check_images, check_same_batch, check_token_ids, eval_decorator, set_requires_grad
 from .cache import KVCache
+from .checkpoints import PretrainedMixin
+from .losses import linear_cross_entropy
 from .sampling import classifier_free_guidance, sample_logits
 from .transformer import DivideMax, Transformer
 
@@ -25,7 +27,7 @@ __all__ = ["DALLE"]
 CacheArg = Optional[Union[KVCache, dict]]
 
 
-class DALLE(nn.Module):
+class DALLE(PretrainedMixin, nn.Module):
     """Text-to-image transformer: models p(text, image codes) autoregressively; the dVAE `vae` is frozen."""
 
     def __init__(
@@ -241,9 +243,15 @@ class DALLE(nn.Module):
 
         if codes is None or codes.shape[1] != self.image_seq_len or kv is not None:
             raise ValueError(f"the loss needs the whole image ({self.image_seq_len} codes, or an image) and no cache")
+        # each modality's cross-entropy over its own vocabulary only: the logits mask would zero the rest anyway
+        normed = self.to_logits[0](hidden)
+        weight, bias = self.to_logits[1].weight, self.to_logits[1].bias
+        t = self.num_text_tokens
         text_labels = self._text_ids(text)[:, 1:]
-        loss_text = F.cross_entropy(self._logits(hidden[:, : self.text_seq_len], "text").transpose(1, 2), text_labels)
-        loss_img = F.cross_entropy(self._logits(hidden[:, self.text_seq_len :], "image").transpose(1, 2), codes)
+        loss_text = linear_cross_entropy(normed[:, : self.text_seq_len].flatten(0, 1), weight[:t], bias[:t],
+                                         text_labels.flatten())
+        loss_img = linear_cross_entropy(normed[:, self.text_seq_len :].flatten(0, 1), weight[t:], bias[t:],
+                                        codes.flatten())
         return (loss_text + self.loss_img_weight * loss_img) / (self.loss_img_weight + 1)
 
     def forward_with_cond_scale(self, text: Tensor, image: Optional[Tensor] = None, *, cond_scale: float = 1.0,

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ._utils import cast_tuple, default
-from .attention import Attention
+from .attention import Attention, rotary_tables
 from .cache import KVCache
 from .masks import ATTN_TYPES, attention_mask
 
@@ -37,6 +37,36 @@ class DivideMax(nn.Module):
         return x / x.amax(dim=self.dim, keepdim=True).detach()
 
 
+def _gelu_grad(z: Tensor) -> Tensor:
+    """d/dz of the exact (erf) GELU: Phi(z) + z * phi(z)."""
+    cdf = 0.5 * (1.0 + torch.erf(z * 0.7071067811865476))
+    return cdf + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
+
+
+class _GEGLUOut(torch.autograd.Function):
+    """out = Linear(x * gelu(gate)) that saves only its input: the gated activation (half the width of the
+    input) is recomputed in backward instead of being stored twice (for the product and for the Linear)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        x, gate = h.chunk(2, dim=-1)
+        ctx.save_for_backward(h, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(x * F.gelu(gate), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        h, weight = ctx.saved_tensors
+        x, gate = h.chunk(2, dim=-1)
+        gelu_gate = F.gelu(gate)
+        grad_flat = grad.reshape(-1, grad.shape[-1])
+        grad_w = grad_flat.t() @ (x * gelu_gate).reshape(-1, x.shape[-1])
+        grad_b = grad_flat.sum(0) if ctx.has_bias else None
+        grad_a = grad @ weight
+        grad_h = torch.cat((grad_a * gelu_gate, grad_a * x * _gelu_grad(gate)), dim=-1)
+        return grad_h, grad_w, grad_b
+
+
 class FeedForward(nn.Module):
     """GEGLU feed-forward: Linear(dim, 2 * mult * dim) -> x * gelu(gate) -> dropout -> Linear."""
 
@@ -47,7 +77,14 @@ class FeedForward(nn.Module):
         self.proj_out = nn.Linear(dim * mult, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        x, gate = self.proj_in(x).chunk(2, dim=-1)
+        h = self.proj_in(x)
+        fused = (
+            torch.is_grad_enabled() and type(self.proj_out) is nn.Linear and h.dtype == self.proj_out.weight.dtype
+            and (self.dropout.p == 0 or not self.training) and not torch.is_autocast_enabled(h.device.type)
+        )
+        if fused:  # same result, less memory kept for backward
+            return _GEGLUOut.apply(h, self.proj_out.weight, self.proj_out.bias)
+        x, gate = h.chunk(2, dim=-1)
         return self.proj_out(self.dropout(x * F.gelu(gate)))
 
 
@@ -233,8 +270,12 @@ class Transformer(nn.Module):
                 self.register_buffer(f"mask_{t}", mask, persistent=False)
         if causal:
             self.register_buffer("mask_full", attention_mask("full", self.text_len, image_fmap_size), persistent=False)
-        rotary = dalle_rotary_table(dim_head, self.text_len, image_fmap_size) if rotary_emb else None
-        self.register_buffer("rotary", rotary, persistent=False)
+        self.rotary_emb = rotary_emb
+        if rotary_emb:
+            cos, sin, perm = rotary_tables(dalle_rotary_table(dim_head, self.text_len, image_fmap_size))
+            self.register_buffer("rotary_cos", cos, persistent=False)
+            self.register_buffer("rotary_sin", sin, persistent=False)
+            self.register_buffer("rotary_perm", perm, persistent=False)
 
     def _mask(self, attn_type: str, start: int, end: int, key_padding_mask: Optional[Tensor]) -> Optional[Tensor]:
         if not self.causal:
@@ -264,7 +305,7 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {end} positions exceeds the transformer's {self.total_len}")
         if start > 0 and cache is None:
             raise ValueError("start > 0 needs the cache holding the earlier positions")
-        rotary = self.rotary[start:end] if self.rotary is not None else None
+        rotary = (self.rotary_cos[start:end], self.rotary_sin[start:end], self.rotary_perm) if self.rotary_emb else None
         masks = {t: self._mask(t, start, end, key_padding_mask) for t in {b.attn_type for b in self.layers}}
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
 

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from dalle_core._utils import check_images, check_token_ids, default, eval_decorator
+from ._utils import check_images, check_token_ids, default, eval_decorator
+from .checkpoints import PretrainedMixin
 
 __all__ = ["DiscreteVAE", "ResBlock", "CodebookUsage", "codebook_usage"]
 
@@ -95,7 +96,7 @@ def _check_normalization(normalization: Any, channels: int) -> Optional[Tuple[Tu
     return means, stds
 
 
-class DiscreteVAE(nn.Module):
+class DiscreteVAE(PretrainedMixin, nn.Module):
     """Convolutional dVAE with a Gumbel-softmax bottleneck over a learned codebook (images in [0, 1])."""
 
     def __init__(

@@ -1,0 +1,154 @@
+"""`TextImageDataset`: images with same-stem .txt captions found recursively in a folder (DALLE-pytorch's loader)."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, get_worker_info
+
+from ..tokenizers import Tokenizer
+from ._common import (AMBIGUOUS_CAPTION, BAD_CAPTION, BAD_IMAGE, EMPTY_CAPTION, NO_CAPTION, PathLike, SkipLog,
+                      caption_lines, check_common, check_seed, generator, mix_seed, randint, tokenize_caption)
+from .images import DECODE_ERRORS, IMAGE_EXTENSIONS, load_image
+
+
+def index_folder(folder: PathLike) -> Tuple[List[Tuple[Path, Path]], Dict[str, List[str]]]:
+    """Usable (image, caption file) pairs under `folder`, sorted by image path, and what was skipped, by reason.
+
+    An image pairs with the .txt of the same stem in its own directory, else with the only .txt of that stem
+    anywhere under `folder` (images/x.jpg with texts/x.txt, as DALLE-pytorch allows). Skipped here: images
+    with no caption file, several candidates, or a caption file that is not UTF-8 or has no non-blank line.
+    Corrupt images are found only when loaded.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(folder)!r} does not exist or is not a directory")
+    images: List[Path] = []
+    texts: Dict[str, List[Path]] = {}
+    for dirpath, _, filenames in os.walk(root, followlinks=True):
+        for name in filenames:
+            path = Path(dirpath) / name
+            suffix = path.suffix.lower()
+            if suffix in IMAGE_EXTENSIONS:
+                images.append(path)
+            elif suffix == ".txt":
+                texts.setdefault(path.stem, []).append(path)
+
+    pairs: List[Tuple[Path, Path]] = []
+    skipped: Dict[str, List[str]] = {}
+    checked: Dict[Path, Optional[str]] = {}  # caption file -> skip reason (None when usable)
+    for image in sorted(images):
+        candidates = texts.get(image.stem, [])
+        beside = [t for t in candidates if t.parent == image.parent]
+        if beside:
+            caption = beside[0]
+        elif len(candidates) == 1:
+            caption = candidates[0]
+        else:
+            skipped.setdefault(AMBIGUOUS_CAPTION if candidates else NO_CAPTION, []).append(str(image))
+            continue
+        if caption not in checked:
+            try:
+                checked[caption] = None if caption_lines(caption.read_bytes()) else EMPTY_CAPTION
+            except UnicodeDecodeError:
+                checked[caption] = BAD_CAPTION
+        if checked[caption] is None:
+            pairs.append((image, caption))
+        else:
+            skipped.setdefault(checked[caption], []).append(str(image))
+    return pairs, skipped
+
+
+class TextImageDataset(Dataset, SkipLog):
+    """(caption tokens (text_len,), image (C, image_size, image_size) in [0, 1]) pairs from a folder.
+
+    Same signature and sampling as DALLE-pytorch's loader: each sample takes a random non-blank line of its
+    caption file and a random square crop covering `resize_ratio` to all of the image; C is 4 (RGBA) when
+    `transparent`, else 3. What it fixes: it counts what it skips in `skipped` (reason -> paths) instead of
+    printing, skips images without captions and empty captions up front (so `len` counts usable samples), and
+    converts every image mode properly (see `images.py`). A corrupt image is found when loaded: it is recorded
+    (with a warning) and the next sample is returned instead, or a random one when `shuffle`; an epoch never
+    ends on it. In DataLoader workers those load-time records stay in the worker's copy; the warnings show them.
+
+    Randomness (caption line, crop, random skip) comes from a generator seeded with `seed` (None: drawn from
+    torch's global RNG). Each DataLoader worker reseeds it from `seed` and its worker seed, which the
+    DataLoader draws anew every epoch from its own generator: seed torch or pass DataLoader(generator=...) for
+    reproducible multi-worker runs.
+    """
+
+    def __init__(self, folder: PathLike, text_len: int = 256, image_size: int = 128, truncate_captions: bool = False,
+                 resize_ratio: float = 0.75, transparent: bool = False, tokenizer: Optional[Tokenizer] = None,
+                 shuffle: bool = False, *, seed: Optional[int] = None) -> None:
+        super().__init__()
+        self.tokenizer = check_common(text_len, image_size, resize_ratio, tokenizer)
+        self.text_len, self.image_size, self.resize_ratio = text_len, image_size, float(resize_ratio)
+        self.truncate_captions, self.transparent, self.shuffle = truncate_captions, transparent, shuffle
+        self.seed = check_seed(seed)
+        self.samples, self.skipped = index_folder(folder)
+        if self.skipped:
+            warnings.warn(self.skip_summary(), stacklevel=2)
+        if not self.samples:
+            raise ValueError(f"no usable image/caption pairs in {str(folder)!r}: images need a same-stem .txt "
+                             f"caption with a non-blank line ({self.skip_summary()})")
+        self._bad: set = set()  # indices whose image failed to load in this process
+        self._gen: Optional[torch.Generator] = None
+        self._gen_owner: Optional[Tuple[int, int]] = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Tuple[Tensor, Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
+        index %= len(self)
+        gen = self._generator()
+        for _ in range(len(self)):
+            if index not in self._bad:
+                sample = self._load(index, gen)
+                if sample is not None:
+                    return sample
+            index = randint(len(self), gen) if self.shuffle else (index + 1) % len(self)
+        raise RuntimeError(f"no image could be loaded after {len(self)} tries; {self.skip_summary()}")
+
+    def _load(self, index: int, gen: torch.Generator) -> Optional[Tuple[Tensor, Tensor]]:
+        """The sample at `index`, or None (recorded in `skipped`) when its caption or image is unusable."""
+        image_path, caption_path = self.samples[index]
+        try:
+            lines = caption_lines(caption_path.read_bytes())
+            reason = None if lines else EMPTY_CAPTION
+        except UnicodeDecodeError:
+            reason = BAD_CAPTION
+        except OSError:  # removed or unreadable since indexing
+            reason = NO_CAPTION
+        if reason is not None:
+            self._bad.add(index)
+            self._record_skip(reason, image_path, f"caption file {caption_path} changed since indexing")
+            return None
+        caption = lines[randint(len(lines), gen)]
+        tokens = tokenize_caption(self.tokenizer, caption, self.text_len, self.truncate_captions, str(caption_path))
+        try:
+            image = load_image(image_path, self.image_size, resize_ratio=self.resize_ratio,
+                               transparent=self.transparent, generator=gen)
+        except DECODE_ERRORS as err:
+            self._bad.add(index)
+            self._record_skip(BAD_IMAGE, image_path, f"{type(err).__name__}: {err}")
+            return None
+        return tokens, image
+
+    def _generator(self) -> torch.Generator:
+        """This process's generator: seeded from `seed` here, reseeded once per DataLoader worker (and epoch)."""
+        info = get_worker_info()
+        owner = None if info is None else (info.id, info.seed)
+        if self._gen is None or owner != self._gen_owner:
+            self._gen = generator(self.seed if owner is None else mix_seed(self.seed, *owner))
+            self._gen_owner = owner
+        return self._gen
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_gen"] = state["_gen_owner"] = None  # spawned workers seed their own
+        return state

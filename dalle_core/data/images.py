@@ -1,0 +1,105 @@
+"""Image decoding for training: any Pillow mode to a float (C, H, W) tensor in [0, 1], with a random resized crop.
+
+Modes: RGB as is; L, P, CMYK, ... converted to RGB; alpha (RGBA, LA, PA, a palette or grayscale with a
+transparent colour) kept as RGBA when `transparent`, else composited onto white (dropping alpha would show
+whatever colour hides under transparent pixels, often black); 16-bit grayscale (I;16*, and I as PNG/TIFF
+decoders produce it) scaled by 1/65535 in float, so it is neither clipped at 255 nor quantised to 8 bits.
+EXIF orientation is applied, so camera photos are upright.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import BinaryIO, Optional, Tuple, Union
+
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from ._common import PathLike
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+# What Pillow raises on a broken file: UnidentifiedImageError and "image file is truncated" are OSErrors; some
+# plugins raise SyntaxError, ValueError or EOFError; a decompression bomb its own error.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def random_crop_box(width: int, height: int, scale: Tuple[float, float] = (0.75, 1.0),
+                    ratio: Tuple[float, float] = (1.0, 1.0),
+                    generator: Optional[torch.Generator] = None) -> Tuple[int, int, int, int]:
+    """(left, top, w, h) of a random crop covering `scale` of the area with aspect w/h in `ratio`.
+
+    Ten tries at a random area and log-uniform aspect; if none fits, the largest central crop whose aspect
+    is clamped to `ratio` (the usual RandomResizedCrop rule).
+    """
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * torch.empty(()).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = math.exp(torch.empty(()).uniform_(log_lo, log_hi, generator=generator).item())
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            return left, top, w, h
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif aspect > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def random_resized_crop(img: Image.Image, size: int, scale: Tuple[float, float] = (0.75, 1.0),
+                        ratio: Tuple[float, float] = (1.0, 1.0),
+                        generator: Optional[torch.Generator] = None) -> Image.Image:
+    """A random crop of `img` (see `random_crop_box`) resized to size x size with antialiased bilinear."""
+    left, top, w, h = random_crop_box(img.width, img.height, scale, ratio, generator)
+    # crop and resize in one step: Pillow filters from the source pixels (and premultiplies alpha)
+    return img.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+
+
+def prepare_mode(img: Image.Image, transparent: bool) -> Image.Image:
+    """`img` as RGBA (transparent), RGB, or F holding 16-bit values in [0, 65535]."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        return img.convert("F")
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        if transparent:
+            return rgba
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGBA" if transparent else "RGB")
+
+
+def to_tensor(img: Image.Image, transparent: bool) -> Tensor:
+    """An RGB, RGBA or 16-bit F image as a float32 tensor (C, H, W) in [0, 1]; C is 4 when `transparent`."""
+    w, h = img.size
+    if img.mode == "F":
+        gray = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.float32).view(1, h, w)
+        out = (gray / 65535.0).clamp(0.0, 1.0).expand(3, h, w)  # (3, H, W)
+        return torch.cat([out, torch.ones(1, h, w)]) if transparent else out.contiguous()
+    channels = len(img.getbands())
+    pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(h, w, channels)
+    return pixels.permute(2, 0, 1).float().div(255.0)  # (H, W, C) -> (C, H, W)
+
+
+def load_image(source: Union[PathLike, bytes, BinaryIO], image_size: int, *, resize_ratio: float = 0.75,
+               transparent: bool = False, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Decode an image file (path, bytes or binary file) to a random square crop (C, image_size, image_size).
+
+    Raises one of `DECODE_ERRORS` when the file is not a readable image.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    with Image.open(source) as img:
+        img.load()  # decode now, so a truncated file fails here
+        ImageOps.exif_transpose(img, in_place=True)
+        img = prepare_mode(img, transparent)
+    img = random_resized_crop(img, image_size, (resize_ratio, 1.0), (1.0, 1.0), generator)
+    return to_tensor(img, transparent)

@@ -1,0 +1,325 @@
+"""WebDataset tar shards (img2dataset layout): `WebTextImageDataset` reads them, `write_shards` writes them.
+
+A shard is a tar whose members are grouped by key: `{key}.jpg|jpeg|png|webp|bmp` (the image), `{key}.txt`
+(the caption) and anything else (`{key}.json`, ignored). The key is the member name up to the first dot of
+its file name; consecutive members with one key make one sample.
+
+Built on the standard library's `tarfile`, not the `webdataset` package: the format is a plain tar, read
+here in ~100 lines with exact skip accounting and our own rank/worker split, where `webdataset` (1.0.2)
+needs Python >= 3.10 (we support 3.9), pulls numpy, pyyaml and braceexpand, and has changed its splitting
+API between releases. Shards written here are read by `webdataset`, and img2dataset's shards are read here.
+Sources: local paths (a directory means its *.tar files), `file:`, `http(s)://` URLs and `pipe:COMMAND`
+(e.g. `pipe:aws s3 cp s3://bucket/shard.tar -`), with brace ranges (`shard-{000000..000099}.tar`).
+"""
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import tarfile
+import urllib.request
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from random import Random
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..tokenizers import Tokenizer
+from ._common import (BAD_CAPTION, BAD_IMAGE, BAD_SHARD, EMPTY_CAPTION, NO_CAPTION, NO_IMAGE, PathLike, SkipLog,
+                      caption_lines, check_common, check_seed, generator, mix_seed, randint, resolve_rank,
+                      tokenize_caption)
+from .folder import index_folder
+from .images import DECODE_ERRORS, IMAGE_EXTENSIONS, load_image
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_REMOTE = ("http://", "https://", "pipe:")
+
+
+def expand_urls(urls: Union[PathLike, Sequence[PathLike]]) -> List[str]:
+    """Shard sources in order: brace ranges {000..009} and lists {a,b} expanded, directories as their *.tar."""
+    if isinstance(urls, (str, Path)):
+        urls = [urls]
+    if not isinstance(urls, Sequence) or not urls:
+        raise ValueError(f"expected a shard path/URL or a non-empty list of them, got {urls!r}")
+    out: List[str] = []
+    for url in urls:
+        if not isinstance(url, (str, Path)):
+            raise TypeError(f"shard paths must be str or Path, got {type(url).__name__}")
+        for item in _expand_braces(str(url)):
+            path = Path(item[5:] if item.startswith("file:") else item)
+            if not item.startswith(_REMOTE) and path.is_dir():
+                found = sorted(str(p) for p in path.glob("*.tar"))
+                if not found:
+                    raise FileNotFoundError(f"shard directory {item!r} holds no .tar files")
+                out.extend(found)
+            elif not item.startswith(_REMOTE) and not path.is_file():
+                raise FileNotFoundError(f"shard {item!r} does not exist")
+            else:
+                out.append(item)
+    return out
+
+
+def _expand_braces(text: str) -> List[str]:
+    """`a{1..3}b` -> a1b a2b a3b (zero padding kept: {08..10} -> 08 09 10); `{x,y}` -> x y."""
+    match = _BRACE.search(text)
+    if match is None:
+        return [text]
+    body, head, tail = match.group(1), text[:match.start()], text[match.end():]
+    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if numeric:
+        lo, hi = numeric.groups()
+        width = len(lo) if lo.startswith("0") else 0
+        options = [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
+    else:
+        options = body.split(",")
+    return [expanded for opt in options for expanded in _expand_braces(head + opt + tail)]
+
+
+@contextmanager
+def _open_shard(url: str) -> Iterator[BinaryIO]:
+    """A readable binary stream over one shard: a local file, an http(s) response or a command's stdout."""
+    if url.startswith("pipe:"):
+        proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE)
+        try:
+            yield proc.stdout
+        except BaseException:  # the reader failed or stopped early: the command's status means nothing
+            proc.kill()
+            proc.stdout.close()
+            proc.wait()
+            raise
+        proc.stdout.close()
+        if proc.wait() != 0:
+            raise OSError(f"command {url[5:]!r} exited with status {proc.returncode}")
+    elif url.startswith(("http://", "https://")):
+        with urllib.request.urlopen(url) as response:
+            yield response
+    else:
+        with open(url[5:] if url.startswith("file:") else url, "rb") as f:
+            yield f
+
+
+def iter_tar_samples(stream: BinaryIO) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+    """(key, {extension: bytes}) for each run of consecutive same-key regular files in a tar stream."""
+    key, files = None, {}
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            name = member.name
+            base = name.rsplit("/", 1)[-1]
+            if not member.isfile() or base.startswith(".") or "." not in base:
+                continue
+            stem, ext = base.split(".", 1)
+            member_key = name[:len(name) - len(base)] + stem
+            if member_key != key and files:
+                yield key, files
+                files = {}
+            key = member_key
+            files[ext.lower()] = tar.extractfile(member).read()
+    if files:
+        yield key, files
+
+
+class WebTextImageDataset(IterableDataset, SkipLog):
+    """(caption tokens (text_len,), image (C, image_size, image_size) in [0, 1]) pairs streamed from tar shards.
+
+    Decoding, caption choice and skip rules are `TextImageDataset`'s; `skipped` also counts samples with no
+    image (`no_image`) and shards that failed to open or read (`bad_shard`), and every skip warns, since a
+    DataLoader worker's `skipped` stays in that worker. Shards are split across distributed ranks (from the
+    arguments, else torch.distributed when initialised, else env RANK/WORLD_SIZE, read at construction) and
+    DataLoader workers, so each sample is read once per epoch; with fewer shards than ranks x workers every
+    reader scans every shard and keeps every (ranks x workers)-th sample instead. `shuffle_buffer` > 0
+    shuffles the shard order (same on every rank, from `seed` and `set_epoch`) and then samples through a
+    buffer of that many undecoded samples; 0 reads in order. Per-reader randomness (crops, caption lines,
+    buffer) is seeded from `seed`, epoch, rank, worker and the DataLoader's per-epoch worker seed.
+    """
+
+    def __init__(self, urls: Union[PathLike, Sequence[PathLike]], text_len: int = 256, image_size: int = 128,
+                 truncate_captions: bool = False, resize_ratio: float = 0.75, transparent: bool = False,
+                 tokenizer: Optional[Tokenizer] = None, *, shuffle_buffer: int = 1000, seed: int = 0,
+                 rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+        super().__init__()
+        self.tokenizer = check_common(text_len, image_size, resize_ratio, tokenizer)
+        if isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be an int >= 0 (0: no shuffling), got {shuffle_buffer!r}")
+        self.text_len, self.image_size, self.resize_ratio = text_len, image_size, float(resize_ratio)
+        self.truncate_captions, self.transparent, self.shuffle_buffer = truncate_captions, transparent, shuffle_buffer
+        if seed is None:  # a seed drawn per process would give each rank its own shard order: overlapping splits
+            raise TypeError("seed must be an int shared by every rank (it orders the shards), got None")
+        self.seed = check_seed(seed)
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self.urls = expand_urls(urls)
+        self.epoch = 0
+        self.skipped: Dict[str, List[str]] = {}
+        self._passes = 0  # iterations started in this process: varies the randomness without set_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds the shard order and per-reader randomness (call before each epoch)."""
+        self.epoch = int(epoch)
+
+    def reader_shards(self, worker: int = 0, num_workers: int = 1) -> Tuple[List[str], int, int]:
+        """(shards, stride, offset) one reader (rank, worker) reads: it keeps samples i with i % stride == offset."""
+        shards = list(self.urls)
+        if self.shuffle_buffer:
+            Random(mix_seed(self.seed, self.epoch)).shuffle(shards)  # identical on every rank and worker
+        readers, reader = self.world_size * num_workers, self.rank * num_workers + worker
+        if len(shards) >= readers:
+            return shards[reader::readers], 1, 0
+        return shards, readers, reader
+
+    def __iter__(self) -> Iterator[Tuple[Tensor, Tensor]]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        shards, stride, offset = self.reader_shards(worker, num_workers)
+        if stride > 1 and worker == 0 and self.rank == 0:
+            warnings.warn(f"{len(self.urls)} shards for {stride} readers (ranks x workers): every reader scans "
+                          f"every shard; write at least {stride} shards to split them instead", stacklevel=2)
+        self._passes += 1
+        fresh = self._passes if info is None else info.seed
+        gen = generator(mix_seed(self.seed, self.epoch, self.rank, worker, fresh))
+        raw = self._raw_samples(shards, stride, offset)
+        for url, key, files in self._shuffled(raw, gen) if self.shuffle_buffer else raw:
+            sample = self._decode(url, key, files, gen)
+            if sample is not None:
+                yield sample
+
+    def _raw_samples(self, shards: List[str], stride: int, offset: int) -> Iterator[Tuple[str, str, Dict]]:
+        """This reader's undecoded samples, shard by shard; a shard that fails is recorded and left."""
+        index = 0
+        for url in shards:
+            try:
+                with _open_shard(url) as stream:
+                    for key, files in iter_tar_samples(stream):
+                        if index % stride == offset:
+                            yield url, key, files
+                        index += 1
+            except (OSError, tarfile.TarError, EOFError) as err:
+                self._record_skip(BAD_SHARD, url, f"{type(err).__name__}: {err}")
+
+    def _shuffled(self, items: Iterable[Any], gen: torch.Generator) -> Iterator[Any]:
+        """`items` through a shuffle buffer of `shuffle_buffer` entries."""
+        buffer: List[Any] = []
+        for item in items:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(item)
+                continue
+            j = randint(len(buffer), gen)
+            yield buffer[j]
+            buffer[j] = item
+        while buffer:
+            yield buffer.pop(randint(len(buffer), gen))
+
+    def _decode(self, url: str, key: str, files: Dict[str, bytes], gen: torch.Generator
+                ) -> Optional[Tuple[Tensor, Tensor]]:
+        """The (tokens, image) pair of one raw sample, or None (recorded in `skipped`)."""
+        where = f"{url}:{key}"
+        image_ext = next((e for e in (x[1:] for x in IMAGE_EXTENSIONS) if e in files), None)
+        if image_ext is None:
+            self._record_skip(NO_IMAGE, where, f"members {sorted(files)}")
+            return None
+        if "txt" not in files:
+            self._record_skip(NO_CAPTION, where, f"members {sorted(files)}")
+            return None
+        try:
+            lines = caption_lines(files["txt"])
+        except UnicodeDecodeError as err:
+            self._record_skip(BAD_CAPTION, where, str(err))
+            return None
+        if not lines:
+            self._record_skip(EMPTY_CAPTION, where, "no non-blank line")
+            return None
+        caption = lines[randint(len(lines), gen)]
+        tokens = tokenize_caption(self.tokenizer, caption, self.text_len, self.truncate_captions, f"{where}.txt")
+        try:
+            image = load_image(files[image_ext], self.image_size, resize_ratio=self.resize_ratio,
+                               transparent=self.transparent, generator=gen)
+        except DECODE_ERRORS as err:
+            self._record_skip(BAD_IMAGE, f"{where}.{image_ext}", f"{type(err).__name__}: {err}")
+            return None
+        return tokens, image
+
+
+# --- writing ------------------------------------------------------------------------------------------------
+
+ImageSource = Union[Image.Image, bytes, PathLike]
+
+
+def write_shards(pairs_or_folder: Union[PathLike, Iterable[Tuple[Union[str, Sequence[str]], ImageSource]]],
+                 out_dir: PathLike, samples_per_shard: int = 1000, *, prefix: str = "shard") -> List[Path]:
+    """Write (caption, image) pairs, or a folder's usable pairs, as `{prefix}-000000.tar`, ... in `out_dir`.
+
+    A caption is a str or a list of lines; an image is a PIL image (stored as PNG), encoded bytes, or a file
+    path (stored as is, under its own extension). From a folder, files are copied byte for byte and what
+    `TextImageDataset` skips up front is left out (corrupt images are copied and skipped when read).
+    Keys are 000000000, 000000001, ... Returns the shard paths.
+    """
+    if isinstance(samples_per_shard, bool) or not isinstance(samples_per_shard, int) or samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be an int >= 1, got {samples_per_shard!r}")
+    if isinstance(pairs_or_folder, (str, Path)):
+        pairs: Iterable = [(caption.read_bytes(), image) for image, caption in index_folder(pairs_or_folder)[0]]
+    else:
+        pairs = pairs_or_folder
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: List[Path] = []
+    tar: Optional[tarfile.TarFile] = None
+    try:
+        for n, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"pairs must be (caption, image) tuples, got {pair!r:.80}")
+            if n % samples_per_shard == 0:
+                if tar is not None:
+                    tar.close()
+                paths.append(out / f"{prefix}-{len(paths):06d}.tar")
+                tar = tarfile.open(paths[-1], "w", format=tarfile.USTAR_FORMAT)
+            caption, image = pair
+            image_bytes, ext = _encode_image(image)
+            _add_member(tar, f"{n:09d}.{ext}", image_bytes)
+            _add_member(tar, f"{n:09d}.txt", _caption_bytes(caption))
+    finally:
+        if tar is not None:
+            tar.close()
+    return paths
+
+
+def _caption_bytes(caption: Union[str, bytes, Sequence[str]]) -> bytes:
+    if isinstance(caption, bytes):
+        return caption
+    if isinstance(caption, str):
+        return caption.encode("utf-8")
+    if isinstance(caption, (list, tuple)) and all(isinstance(c, str) for c in caption):
+        return "\n".join(caption).encode("utf-8")
+    raise TypeError(f"a caption must be a str or a list of str, got {type(caption).__name__}")
+
+
+def _encode_image(image: ImageSource) -> Tuple[bytes, str]:
+    """(bytes, extension) to store for an image given as a PIL image, encoded bytes or a file path."""
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue(), "png"
+    if isinstance(image, (bytes, bytearray)):
+        try:
+            with Image.open(io.BytesIO(image)) as img:
+                fmt = (img.format or "").lower()
+        except DECODE_ERRORS as err:
+            raise ValueError(f"image bytes are not a format Pillow recognises: {err}") from err
+        ext = {"jpeg": "jpg"}.get(fmt, fmt)
+        if f".{ext}" not in IMAGE_EXTENSIONS:
+            raise ValueError(f"image format {fmt!r} is not one of {IMAGE_EXTENSIONS}; pass a PIL image instead")
+        return bytes(image), ext
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise ValueError(f"image file {str(path)!r} must end in one of {IMAGE_EXTENSIONS}")
+        return path.read_bytes(), path.suffix.lower()[1:]
+    raise TypeError(f"an image must be a PIL image, bytes or a file path, got {type(image).__name__}")
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed metadata: same input, same bytes
+    tar.addfile(info, io.BytesIO(data))
