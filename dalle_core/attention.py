@@ -5,13 +5,13 @@ ever formed in Python.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Attention", "apply_rotary", "rotary_tables"]
+__all__ = ["Attention", "AxialPattern", "apply_rotary", "rotary_tables", "axial_attention"]
 
 Rotary = Tuple[Tensor, Tensor, Tensor]  # (cos, signed sin, pair-swap permutation)
 
@@ -33,6 +33,42 @@ def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor, perm: Tensor) -> Tensor:
     return torch.cat((rotated.to(t.dtype), t[..., rot:]), dim=-1)
 
 
+class AxialPattern(NamedTuple):
+    """Row (axis 0) or column (axis 1) attention over a `fmap` x `fmap` image after `text_len` text positions:
+    image tokens see all text and the earlier tokens of their own row or column; text is causal."""
+
+    text_len: int
+    fmap: int
+    axis: int
+
+
+def axial_attention(q: Tensor, k: Tensor, v: Tensor, pattern: AxialPattern) -> Tensor:
+    """SDPA for an axial pattern over whole sequences (B, h, n, d) starting at position 0, computing only the
+    visible blocks: text against text, and each image row (or column) against [text ; that row]."""
+    t, f = pattern.text_len, pattern.fmap
+    n = q.shape[-2]
+    text_out = F.scaled_dot_product_attention(q[..., :t, :], k[..., :t, :], v[..., :t, :], is_causal=True)
+    if n <= t:
+        return text_out
+    pad = t + f * f - n  # training drops the last image token: pad the grid (causality keeps padding unseen)
+
+    def grid(x: Tensor) -> Tensor:  # (B, h, m, d) -> (B, h, lines, f, d), one line per row or column
+        x = F.pad(x[..., t:, :], (0, 0, 0, pad)).unflatten(-2, (f, f))
+        return x if pattern.axis == 0 else x.transpose(-3, -2)
+
+    qi, ki, vi = grid(q), grid(k), grid(v)
+    lines = (*k.shape[:2], f, t, k.shape[-1])
+    keys = torch.cat((k[..., None, :t, :].expand(lines), ki), dim=-2)  # (B, h, f, t + f, d)
+    values = torch.cat((v[..., None, :t, :].expand(lines), vi), dim=-2)
+    visible = torch.ones(f, t + f, dtype=torch.bool, device=q.device)
+    visible[:, t:] = torch.ones(f, f, dtype=torch.bool, device=q.device).tril_()
+    img_out = F.scaled_dot_product_attention(qi, keys, values, attn_mask=visible)  # (B, h, f, f, d)
+    if pattern.axis == 1:
+        img_out = img_out.transpose(-3, -2)
+    img_out = img_out.flatten(-3, -2)[..., : n - t, :]
+    return torch.cat((text_out, img_out), dim=-2)
+
+
 class Attention(nn.Module):
     """Multi-head attention: `to_qkv` (no bias) -> rotary -> SDPA -> `to_out` -> dropout."""
 
@@ -50,7 +86,7 @@ class Attention(nn.Module):
         self,
         x: Tensor,
         *,
-        mask: Optional[Tensor] = None,
+        mask: Optional[Union[Tensor, AxialPattern]] = None,
         rotary: Optional[Rotary] = None,
         kv_cache: Optional[Tuple[Tensor, Tensor]] = None,
         start: int = 0,
@@ -58,7 +94,7 @@ class Attention(nn.Module):
         """Attend from `x` (B, n, dim), the positions [start, start + n), to every visible position.
 
         mask: bool, broadcastable to (B, heads, n, start + n); None means plain causal (or no mask when
-        the module is not causal). rotary: `rotary_tables` rows for these positions. kv_cache: the
+        the module is not causal); an `AxialPattern` (whole sequences only) computes just the visible blocks. rotary: `rotary_tables` rows for these positions. kv_cache: the
         preallocated (keys, values) buffers (B, heads, max_len, dim_head) of this layer; the new keys
         and values are written at [start, start + n) and attention reads [0, start + n).
         """
@@ -74,6 +110,10 @@ class Attention(nn.Module):
             v_buf[:, :, start : start + n] = v
             k, v = k_buf[:, :, : start + n], v_buf[:, :, : start + n]
 
+        if isinstance(mask, AxialPattern):
+            out = axial_attention(q, k, v, mask)
+            out = out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head)
+            return self.dropout(self.to_out(out))
         is_causal = False
         if mask is None and self.causal and n > 1:
             if start != 0:

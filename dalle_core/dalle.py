@@ -300,16 +300,17 @@ class DALLE(PretrainedMixin, nn.Module):
             text = torch.cat((text, torch.zeros_like(text)))
             codes = torch.cat((codes, codes))
         text_ids = self._text_ids(text)
-        cache = self.make_cache(text.shape[0]) if use_cache else None
-        for pos in range(num_primed, self.image_seq_len):
-            hidden, _ = self._hidden(text_ids, codes[:, :pos], cache)
-            logits = self._logits(hidden[:, -1], "image")  # (B', num_image_tokens)
-            if guided:
-                logits = classifier_free_guidance(*logits.chunk(2), cond_scale)
-            sample = sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p, temperature=temperature,
-                                   generator=generator)
-            codes[:, pos] = torch.cat((sample, sample)) if guided else sample
-        return codes[:batch]
+        with torch.inference_mode():  # lighter than no_grad on the per-token path
+            cache = self.make_cache(text.shape[0]) if use_cache else None
+            for pos in range(num_primed, self.image_seq_len):
+                hidden, _ = self._hidden(text_ids, codes[:, :pos], cache)
+                logits = self._logits(hidden[:, -1], "image")  # (B', num_image_tokens)
+                if guided:
+                    logits = classifier_free_guidance(*logits.chunk(2), cond_scale)
+                sample = sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p,
+                                       temperature=temperature, generator=generator)
+                codes[:, pos] = torch.cat((sample, sample)) if guided else sample
+        return codes[:batch].clone()  # a normal tensor again, usable with autograd
 
     @torch.no_grad()
     def generate_images(

@@ -55,12 +55,12 @@ def top_p(logits: Tensor, p: float = 0.9) -> Tensor:
     return _keep_mask_fill(logits, keep)
 
 
-def gumbel_noise(t: Tensor, generator: Optional[torch.Generator] = None, eps: float = 1e-20) -> Tensor:
-    """Standard Gumbel noise shaped like `t` (float32 or `t`'s float dtype)."""
+def gumbel_noise(t: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Standard Gumbel noise shaped like `t` (in `t`'s float dtype, float32 for integer `t`)."""
     dtype = t.dtype if t.is_floating_point() else torch.float32
+    tiny = torch.finfo(torch.float32).tiny  # keeps log() finite at the ends of [0, 1)
     u = torch.rand(t.shape, generator=generator, device=t.device, dtype=torch.float32)
-    neg_log_u = (-torch.log(u.clamp(min=eps))).clamp(min=eps)
-    return (-torch.log(neg_log_u)).to(dtype)
+    return u.clamp_(min=tiny).log_().neg_().clamp_(min=tiny).log_().neg_().to(dtype)  # -log(-log(u))
 
 
 def gumbel_sample(

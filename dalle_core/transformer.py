@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ._utils import cast_tuple, default
-from .attention import Attention, rotary_tables
+from .attention import Attention, AxialPattern, rotary_tables
 from .cache import KVCache
 from .masks import ATTN_TYPES, attention_mask
 
@@ -107,12 +107,21 @@ class TokenShift(nn.Module):
         # indices into a history whose row 0 is zeros (position p lives at row p + 1)
         self.register_buffer("left_src", left + 1, persistent=False)
         self.register_buffer("top_src", top + 1, persistent=False)
+        self._left, self._top = (left + 1).tolist(), (top + 1).tolist()  # for the one-token decoding path
 
     def forward(self, x: Tensor, *, start: int = 0, history: Optional[Tensor] = None) -> Tensor:
         """Shift `x` (B, n, D), the positions [start, start + n); `history` (B, 1 + max_len, D) holds the
         earlier positions' inputs and receives these (needed whenever start > 0)."""
         n = x.shape[1]
         end = start + n
+        h, q = self.half, self.quarter
+        if n == 1 and history is not None:  # decoding one token: plain indexing, no gathers
+            history[:, 1 + start] = x[:, 0]
+            left = history[:, self._left[start], None]
+            if start < self.text_len:
+                return torch.cat((left[..., :h], x[..., h:]), dim=-1)
+            top = history[:, self._top[start], None]
+            return torch.cat((top[..., :q], left[..., q : 2 * q], x[..., 2 * q :]), dim=-1)
         if history is None:
             if start != 0:
                 raise ValueError("token shifting after cached positions needs their history")
@@ -121,7 +130,6 @@ class TokenShift(nn.Module):
             history[:, 1 + start : 1 + end] = x
         left = history.index_select(1, self.left_src[start:end])
         num_text = max(min(end, self.text_len) - start, 0)
-        h, q = self.half, self.quarter
         parts = []
         if num_text > 0:
             parts.append(torch.cat((left[:, :num_text, :h], x[:, :num_text, h:]), dim=-1))
@@ -261,6 +269,7 @@ class Transformer(nn.Module):
                 shared_ff[ff_id] = FeedForward(dim, mult=ff_mult, dropout=ff_dropout)
             blocks.append(Block(dim, index + 1, attn, shared_ff[ff_id], attn_type, sandwich_norm, self.shift))
         self.layers = nn.ModuleList(blocks)
+        self.attn_types = sorted(set(layer_types))
 
         kernel = {"conv_like": default(conv_kernel_size, 5), "conv": default(conv_kernel_size, 11)}
         for t in set(layer_types):
@@ -282,6 +291,9 @@ class Transformer(nn.Module):
             return None if key_padding_mask is None else key_padding_mask[:, None, None, :end]
         if attn_type == "full" and (start == 0 or end - start == 1):
             return None  # SDPA's is_causal, or a single query that sees everything before it
+        if attn_type in ("axial_row", "axial_col", "col") and start == 0 and end > self.text_len + 1:
+            # whole sequences: compute only the visible blocks instead of masking a dense product
+            return AxialPattern(self.text_len, self.image_fmap_size, 0 if attn_type == "axial_row" else 1)
         return getattr(self, f"mask_{attn_type}")[start:end, :end]
 
     def allocate_cache(self, batch: int, *, device=None, dtype=None) -> KVCache:
@@ -306,7 +318,7 @@ class Transformer(nn.Module):
         if start > 0 and cache is None:
             raise ValueError("start > 0 needs the cache holding the earlier positions")
         rotary = (self.rotary_cos[start:end], self.rotary_sin[start:end], self.rotary_perm) if self.rotary_emb else None
-        masks = {t: self._mask(t, start, end, key_padding_mask) for t in {b.attn_type for b in self.layers}}
+        masks = {t: self._mask(t, start, end, key_padding_mask) for t in self.attn_types}
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
 
         def run(fn, *args):
