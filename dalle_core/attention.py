@@ -16,21 +16,22 @@ __all__ = ["Attention", "AxialPattern", "apply_rotary", "rotary_tables", "axial_
 Rotary = Tuple[Tensor, Tensor, Tensor]  # (cos, signed sin, pair-swap permutation)
 
 
-def rotary_tables(freqs: Tensor) -> Rotary:
-    """Precompute (cos, sign * sin, perm) for `apply_rotary` from rotary frequencies (n, rot_dim)."""
-    rot = freqs.shape[-1]
-    perm = torch.arange(rot).view(-1, 2).flip(-1).reshape(-1)  # (x0, x1) -> (x1, x0)
+def rotary_tables(freqs: Tensor, dim_head: int) -> Rotary:
+    """Precompute full-width (cos, sign * sin, perm) tables (n, dim_head) for `apply_rotary` from rotary
+    frequencies (n, rot_dim): features past rot_dim get cos 1 and sin 0, so they pass through unchanged."""
+    n, rot = freqs.shape
+    perm = torch.arange(dim_head)
+    perm[:rot] = perm[:rot].view(-1, 2).flip(-1).reshape(-1)  # (x0, x1) -> (x1, x0)
     sign = torch.tensor([-1.0, 1.0]).repeat(rot // 2)
-    return freqs.cos(), freqs.sin() * sign, perm
+    cos, sin = torch.ones(n, dim_head), torch.zeros(n, dim_head)
+    cos[:, :rot], sin[:, :rot] = freqs.cos(), freqs.sin() * sign
+    return cos, sin, perm
 
 
 def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor, perm: Tensor) -> Tensor:
-    """Rotate the first rot_dim features of `t` (..., n, d): t * cos + rotate_half(t) * sin, with the
-    pair rotation done as one gather (bitwise equal to rotary-embedding-torch's `apply_rotary_emb`)."""
-    rot = cos.shape[-1]
-    x = t[..., :rot]
-    rotated = x * cos + x.index_select(-1, perm) * sin
-    return torch.cat((rotated.to(t.dtype), t[..., rot:]), dim=-1)
+    """Rotary embedding of `t` (..., n, d): t * cos + rotate_half(t) * sin, the pair rotation done as one
+    gather (bitwise equal to rotary-embedding-torch's `apply_rotary_emb` on the rotated features)."""
+    return (t * cos + t.index_select(-1, perm) * sin).to(t.dtype)
 
 
 class AxialPattern(NamedTuple):
@@ -88,37 +89,36 @@ class Attention(nn.Module):
         *,
         mask: Optional[Union[Tensor, AxialPattern]] = None,
         rotary: Optional[Rotary] = None,
-        kv_cache: Optional[Tuple[Tensor, Tensor]] = None,
+        kv_cache: Optional[Tensor] = None,
         start: int = 0,
     ) -> Tensor:
         """Attend from `x` (B, n, dim), the positions [start, start + n), to every visible position.
 
         mask: bool, broadcastable to (B, heads, n, start + n); None means plain causal (or no mask when
-        the module is not causal); an `AxialPattern` (whole sequences only) computes just the visible blocks. rotary: `rotary_tables` rows for these positions. kv_cache: the
-        preallocated (keys, values) buffers (B, heads, max_len, dim_head) of this layer; the new keys
-        and values are written at [start, start + n) and attention reads [0, start + n).
+        the module is not causal); an `AxialPattern` (whole sequences only) computes just the visible blocks.
+        rotary: `rotary_tables` rows for these positions. kv_cache: this layer's preallocated keys and values
+        (2, B, heads, max_len, dim_head); the new ones are written at [start, start + n) and attention reads
+        [0, start + n).
         """
         b, n, _ = x.shape
         qkv = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)  # (3, B, h, n, d)
         if rotary is not None:
             qkv = apply_rotary(qkv, *rotary)  # DALLE-pytorch rotates the values too; kept for weight compatibility
-        q, k, v = qkv.unbind(0)
-
         if kv_cache is not None:
-            k_buf, v_buf = kv_cache
-            k_buf[:, :, start : start + n] = k
-            v_buf[:, :, start : start + n] = v
-            k, v = k_buf[:, :, : start + n], v_buf[:, :, : start + n]
+            kv_cache[:, :, :, start : start + n] = qkv[1:]
+            q, (k, v) = qkv[0], kv_cache[:, :, :, : start + n]
+        else:
+            q, k, v = qkv.unbind(0)
 
         if isinstance(mask, AxialPattern):
             out = axial_attention(q, k, v, mask)
-            out = out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head)
-            return self.dropout(self.to_out(out))
+            out = self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
+            return self.dropout(out) if self.dropout.p > 0 else out
         is_causal = False
         if mask is None and self.causal and n > 1:
             if start != 0:
                 raise ValueError("a causal chunk after cached positions needs an explicit mask")
             is_causal = True
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, h, n, d)
-        out = out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head)
-        return self.dropout(self.to_out(out))
+        out = self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
+        return self.dropout(out) if self.dropout.p > 0 else out

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -12,22 +12,22 @@ __all__ = ["KVCache"]
 
 @dataclass
 class KVCache:
-    """Per-layer keys/values (L, B, heads, max_len, dim_head) and, with token shifting, the normalised
-    inputs of every position (L, 2, B, 1 + max_len, dim): row 0 stays zero so a missing neighbour reads 0.
+    """Per-layer keys and values `kv` (L, 2, B, heads, max_len, dim_head) and, with token shifting, the
+    normalised inputs of every position (L, 2, B, 1 + max_len, dim): row 0 stays zero so a missing
+    neighbour reads 0.
 
     `offset` is the number of positions already processed; `tokens_processed` counts every position run
     through the transformer with this cache (a cache that works processes each position once).
     """
 
-    keys: Tensor
-    values: Tensor
+    kv: Tensor
     shift_history: Optional[Tensor] = None
     offset: int = 0
     tokens_processed: int = field(default=0)
 
     def __post_init__(self) -> None:
-        # per-layer views, made once: decoding a token then indexes no tensors
-        self._kv = [(k, v) for k, v in zip(self.keys.unbind(0), self.values.unbind(0))]
+        # per-layer views, made once: decoding a token then indexes no tensors to find its buffers
+        self._kv: List[Tensor] = list(self.kv.unbind(0))
         self._history = None if self.shift_history is None else [tuple(h.unbind(0)) for h in self.shift_history.unbind(0)]
 
     @classmethod
@@ -45,21 +45,24 @@ class KVCache:
         dtype: torch.dtype,
     ) -> "KVCache":
         """Allocate every buffer once for sequences of up to `max_len` positions."""
-        kv_shape = (num_layers, batch, heads, max_len, dim_head)
-        keys = torch.zeros(kv_shape, device=device, dtype=dtype)
-        values = torch.zeros(kv_shape, device=device, dtype=dtype)
+        kv = torch.zeros((num_layers, 2, batch, heads, max_len, dim_head), device=device, dtype=dtype)
         history = None
         if shift_tokens:
             history = torch.zeros((num_layers, 2, batch, 1 + max_len, dim), device=device, dtype=dtype)
-        return cls(keys=keys, values=values, shift_history=history)
+        return cls(kv=kv, shift_history=history)
+
+    @property
+    def batch_size(self) -> int:
+        """Number of sequences the buffers hold."""
+        return self.kv.shape[2]
 
     @property
     def max_len(self) -> int:
         """Longest sequence the buffers hold."""
-        return self.keys.shape[3]
+        return self.kv.shape[4]
 
-    def layer_kv(self, layer: int) -> Tuple[Tensor, Tensor]:
-        """(keys, values) buffers of one layer."""
+    def layer_kv(self, layer: int) -> Tensor:
+        """The (2, B, heads, max_len, dim_head) keys-and-values buffer of one layer."""
         return self._kv[layer]
 
     def layer_history(self, layer: int, branch: int) -> Optional[Tensor]:

@@ -171,8 +171,8 @@ class DALLE(PretrainedMixin, nn.Module):
             n -= 1
         start = 0
         if cache is not None:
-            if cache.keys.shape[1] != text_ids.shape[0]:
-                raise ValueError(f"cache holds a batch of {cache.keys.shape[1]}, the input has {text_ids.shape[0]}")
+            if cache.batch_size != text_ids.shape[0]:
+                raise ValueError(f"cache holds a batch of {cache.batch_size}, the input has {text_ids.shape[0]}")
             start = cache.offset
             if start >= n:
                 raise ValueError(f"the cache already holds {start} positions; the input has only {n}")

@@ -89,6 +89,14 @@ def sample_logits(
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """Filter (top-k fraction and/or top-p) then Gumbel-sample one index per row of `logits` (..., V)."""
+    if filter_thres is not None and top_p_value is None:
+        if not 0.0 <= filter_thres <= 1.0:
+            raise ValueError(f"filter_thres must be in [0, 1], got {filter_thres}")
+        # sample among the k kept logits directly: the same distribution as masking the rest to -inf
+        k = max(int((1 - filter_thres) * logits.shape[-1]), 1)
+        values, indices = torch.topk(logits, k, dim=-1)
+        choice = gumbel_sample(values, temperature=temperature, dim=-1, generator=generator)
+        return indices.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
     if filter_thres is not None:
         logits = top_k(logits, thres=filter_thres)
     if top_p_value is not None:

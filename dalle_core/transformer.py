@@ -37,12 +37,6 @@ class DivideMax(nn.Module):
         return x / x.amax(dim=self.dim, keepdim=True).detach()
 
 
-def _gelu_grad(z: Tensor) -> Tensor:
-    """d/dz of the exact (erf) GELU: Phi(z) + z * phi(z)."""
-    cdf = 0.5 * (1.0 + torch.erf(z * 0.7071067811865476))
-    return cdf + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
-
-
 class _GEGLUOut(torch.autograd.Function):
     """out = Linear(x * gelu(gate)) that saves only its input: the gated activation (half the width of the
     input) is recomputed in backward instead of being stored twice (for the product and for the Linear)."""
@@ -63,8 +57,8 @@ class _GEGLUOut(torch.autograd.Function):
         grad_w = grad_flat.t() @ (x * gelu_gate).reshape(-1, x.shape[-1])
         grad_b = grad_flat.sum(0) if ctx.has_bias else None
         grad_a = grad @ weight
-        grad_h = torch.cat((grad_a * gelu_gate, grad_a * x * _gelu_grad(gate)), dim=-1)
-        return grad_h, grad_w, grad_b
+        grad_gate = torch.ops.aten.gelu_backward(grad_a * x, gate)  # the fused kernel autograd itself uses
+        return torch.cat((grad_a * gelu_gate, grad_gate), dim=-1), grad_w, grad_b
 
 
 class FeedForward(nn.Module):
@@ -85,7 +79,8 @@ class FeedForward(nn.Module):
         if fused:  # same result, less memory kept for backward
             return _GEGLUOut.apply(h, self.proj_out.weight, self.proj_out.bias)
         x, gate = h.chunk(2, dim=-1)
-        return self.proj_out(self.dropout(x * F.gelu(gate)))
+        a = x * F.gelu(gate)
+        return self.proj_out(self.dropout(a) if self.dropout.p > 0 else a)
 
 
 class TokenShift(nn.Module):
@@ -107,7 +102,16 @@ class TokenShift(nn.Module):
         # indices into a history whose row 0 is zeros (position p lives at row p + 1)
         self.register_buffer("left_src", left + 1, persistent=False)
         self.register_buffer("top_src", top + 1, persistent=False)
-        self._left, self._top = (left + 1).tolist(), (top + 1).tolist()  # for the one-token decoding path
+        # one-token decoding gathers each position's shifted features from the flattened history at once:
+        # gather_index[p, c] = flat index of the feature c that position p reads (history row * dim + c)
+        rows = torch.stack((top + 1, left + 1, pos + 1), dim=-1)  # (positions, 3): top, left, itself
+        text_rows = torch.stack((left + 1, pos + 1, pos + 1), dim=-1)
+        rows = torch.where(is_img[:, None], rows, text_rows)
+        feature = torch.arange(dim)
+        image_part = torch.bucketize(feature, torch.tensor([self.quarter, 2 * self.quarter]), right=True)
+        text_part = (feature >= self.half).long()  # 0: from the left, 1: itself
+        part = torch.where(is_img[:, None], image_part[None, :], text_part[None, :])  # (positions, dim)
+        self.register_buffer("gather_index", rows.gather(1, part) * dim + feature, persistent=False)
 
     def forward(self, x: Tensor, *, start: int = 0, history: Optional[Tensor] = None) -> Tensor:
         """Shift `x` (B, n, D), the positions [start, start + n); `history` (B, 1 + max_len, D) holds the
@@ -115,13 +119,9 @@ class TokenShift(nn.Module):
         n = x.shape[1]
         end = start + n
         h, q = self.half, self.quarter
-        if n == 1 and history is not None:  # decoding one token: plain indexing, no gathers
+        if n == 1 and history is not None:  # decoding one token: one gather from the flattened history
             history[:, 1 + start] = x[:, 0]
-            left = history[:, self._left[start], None]
-            if start < self.text_len:
-                return torch.cat((left[..., :h], x[..., h:]), dim=-1)
-            top = history[:, self._top[start], None]
-            return torch.cat((top[..., :q], left[..., q : 2 * q], x[..., 2 * q :]), dim=-1)
+            return history.flatten(1).index_select(1, self.gather_index[start]).unsqueeze(1)
         if history is None:
             if start != 0:
                 raise ValueError("token shifting after cached positions needs their history")
@@ -174,6 +174,7 @@ class Block(nn.Module):
         self.attn_scale = nn.Parameter(torch.full((1, 1, dim), eps))
         self.attn_norm = nn.LayerNorm(dim)
         self.attn = attn
+        self.sandwich_norm = sandwich_norm
         self.attn_norm_out = nn.LayerNorm(dim) if sandwich_norm else nn.Identity()
         self.ff_scale = nn.Parameter(torch.full((1, 1, dim), eps))
         self.ff_norm = nn.LayerNorm(dim)
@@ -192,13 +193,14 @@ class Block(nn.Module):
         kv = cache.layer_kv(index) if cache is not None else None
         h = self._shifted(self.attn_norm(x), start, history)
         h = self.attn(h, mask=mask, rotary=rotary, kv_cache=kv, start=start)
-        return self.attn_norm_out(h) * self.attn_scale
+        return (self.attn_norm_out(h) if self.sandwich_norm else h) * self.attn_scale
 
     def ff_branch(self, x: Tensor, start: int, cache: Optional[KVCache], index: int) -> Tensor:
         """scale * norm_out(ff(shift(norm(x))))."""
         history = cache.layer_history(index, 1) if cache is not None else None
         h = self._shifted(self.ff_norm(x), start, history)
-        return self.ff_norm_out(self.ff(h)) * self.ff_scale
+        h = self.ff(h)
+        return (self.ff_norm_out(h) if self.sandwich_norm else h) * self.ff_scale
 
 
 class Transformer(nn.Module):
@@ -239,6 +241,8 @@ class Transformer(nn.Module):
                 raise ValueError(f"unknown attention type {t!r}; expected one of {ATTN_TYPES}")
         if image_fmap_size is None and (shift_tokens or rotary_emb or set(attn_types) != {"full"}):
             raise ValueError("shift_tokens, rotary_emb and sparse attention patterns need image_fmap_size")
+        if rotary_emb and dim_head < 9:
+            raise ValueError(f"rotary_emb rotates dim_head // 3 features per axis and needs dim_head >= 9, got {dim_head}")
         self.dim, self.depth, self.heads, self.dim_head = dim, depth, heads, dim_head
         self.causal = causal
         self.stable = stable
@@ -281,7 +285,7 @@ class Transformer(nn.Module):
             self.register_buffer("mask_full", attention_mask("full", self.text_len, image_fmap_size), persistent=False)
         self.rotary_emb = rotary_emb
         if rotary_emb:
-            cos, sin, perm = rotary_tables(dalle_rotary_table(dim_head, self.text_len, image_fmap_size))
+            cos, sin, perm = rotary_tables(dalle_rotary_table(dim_head, self.text_len, image_fmap_size), dim_head)
             self.register_buffer("rotary_cos", cos, persistent=False)
             self.register_buffer("rotary_sin", sin, persistent=False)
             self.register_buffer("rotary_perm", perm, persistent=False)
