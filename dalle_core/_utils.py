@@ -87,3 +87,16 @@ def check_same_batch(**tensors: Optional[Tensor]) -> None:
     if len(set(sizes.values())) > 1:
         described = ", ".join(f"{k} has {n}" for k, n in sizes.items())
         raise ValueError(f"batch sizes must match: {described}")
+
+
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast computes in on `device_type` ('cpu', 'cuda', ...), or None when it is off."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        enabled = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    if not enabled:
+        return None
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.get_autocast_dtype(device_type)
+    return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()

@@ -5,7 +5,7 @@ ever formed in Python.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -13,25 +13,25 @@ from torch import Tensor, nn
 
 __all__ = ["Attention", "AxialPattern", "apply_rotary", "rotary_tables", "axial_attention"]
 
-Rotary = Tuple[Tensor, Tensor, Tensor]  # (cos, signed sin, pair-swap permutation)
 
 
-def rotary_tables(freqs: Tensor, dim_head: int) -> Rotary:
-    """Precompute full-width (cos, sign * sin, perm) tables (n, dim_head) for `apply_rotary` from rotary
-    frequencies (n, rot_dim): features past rot_dim get cos 1 and sin 0, so they pass through unchanged."""
+def rotary_tables(freqs: Tensor, dim_head: int) -> Tensor:
+    """Unit complex rotations (n, dim_head // 2), one per feature pair, from rotary frequencies (n, rot_dim)
+    (which repeat each angle for the two features of a pair); pairs past rot_dim get 1 and pass unchanged."""
     n, rot = freqs.shape
-    perm = torch.arange(dim_head)
-    perm[:rot] = perm[:rot].view(-1, 2).flip(-1).reshape(-1)  # (x0, x1) -> (x1, x0)
-    sign = torch.tensor([-1.0, 1.0]).repeat(rot // 2)
-    cos, sin = torch.ones(n, dim_head), torch.zeros(n, dim_head)
-    cos[:, :rot], sin[:, :rot] = freqs.cos(), freqs.sin() * sign
-    return cos, sin, perm
+    angles = torch.zeros(n, dim_head // 2)
+    angles[:, : rot // 2] = freqs[:, 0::2]
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor, perm: Tensor) -> Tensor:
-    """Rotary embedding of `t` (..., n, d): t * cos + rotate_half(t) * sin, the pair rotation done as one
-    gather (bitwise equal to rotary-embedding-torch's `apply_rotary_emb` on the rotated features)."""
-    return (t * cos + t.index_select(-1, perm) * sin).to(t.dtype)
+def apply_rotary(t: Tensor, rotations: Tensor) -> Tensor:
+    """Rotary embedding of `t` (..., n, d): each feature pair (x0, x1) times e^(i angle), which is
+    rotary-embedding-torch's `t * cos + rotate_half(t) * sin` as a single complex multiplication."""
+    d = t.shape[-1]
+    even = t.float() if d % 2 == 0 else t[..., :-1].float().contiguous()  # complex views need even strides
+    pairs = torch.view_as_complex(even.unflatten(-1, (-1, 2)))
+    out = torch.view_as_real(pairs * rotations[..., : pairs.shape[-1]]).flatten(-2).to(t.dtype)
+    return out if d % 2 == 0 else torch.cat((out, t[..., -1:]), dim=-1)
 
 
 class AxialPattern(NamedTuple):
@@ -88,7 +88,7 @@ class Attention(nn.Module):
         x: Tensor,
         *,
         mask: Optional[Union[Tensor, AxialPattern]] = None,
-        rotary: Optional[Rotary] = None,
+        rotary: Optional[Tensor] = None,
         kv_cache: Optional[Tensor] = None,
         start: int = 0,
     ) -> Tensor:
@@ -103,7 +103,7 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         qkv = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)  # (3, B, h, n, d)
         if rotary is not None:
-            qkv = apply_rotary(qkv, *rotary)  # DALLE-pytorch rotates the values too; kept for weight compatibility
+            qkv = apply_rotary(qkv, rotary)  # DALLE-pytorch rotates the values too; kept for weight compatibility
         if kv_cache is not None:
             kv_cache[:, :, :, start : start + n] = qkv[1:]
             q, (k, v) = qkv[0], kv_cache[:, :, :, : start + n]

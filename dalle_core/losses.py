@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._utils import autocast_dtype
+
 __all__ = ["linear_cross_entropy"]
 
 _CHUNK_ELEMENTS = 1 << 22  # logits held at once: about 16 MB in float32
@@ -52,7 +54,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
     """`F.cross_entropy(F.linear(hidden, weight, bias), targets)` (mean) for hidden (N, D), targets (N,),
     without ever storing the (N, V) logits; falls back to the plain expression under autocast or without grad."""
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    autocast = torch.is_autocast_enabled(hidden.device.type)
+    autocast = autocast_dtype(hidden.device.type) is not None
     if not needs_grad or autocast or hidden.dtype != weight.dtype:
         return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets)
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets)

@@ -7,7 +7,6 @@ attention runs through `F.scaled_dot_product_attention` with masks built once at
 from __future__ import annotations
 
 import math
-import warnings
 from itertools import cycle, islice
 from typing import Dict, List, Optional, Sequence
 
@@ -18,7 +17,7 @@ from rotary_embedding_torch import RotaryEmbedding, broadcat
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ._utils import cast_tuple, default
+from ._utils import autocast_dtype, cast_tuple, default
 from .attention import Attention, AxialPattern, rotary_tables
 from .cache import KVCache
 from .masks import ATTN_TYPES, attention_mask
@@ -74,7 +73,7 @@ class FeedForward(nn.Module):
         h = self.proj_in(x)
         fused = (
             torch.is_grad_enabled() and type(self.proj_out) is nn.Linear and h.dtype == self.proj_out.weight.dtype
-            and (self.dropout.p == 0 or not self.training) and not torch.is_autocast_enabled(h.device.type)
+            and (self.dropout.p == 0 or not self.training) and autocast_dtype(h.device.type) is None
         )
         if fused:  # same result, less memory kept for backward
             return _GEGLUOut.apply(h, self.proj_out.weight, self.proj_out.bias)
@@ -285,10 +284,8 @@ class Transformer(nn.Module):
             self.register_buffer("mask_full", attention_mask("full", self.text_len, image_fmap_size), persistent=False)
         self.rotary_emb = rotary_emb
         if rotary_emb:
-            cos, sin, perm = rotary_tables(dalle_rotary_table(dim_head, self.text_len, image_fmap_size), dim_head)
-            self.register_buffer("rotary_cos", cos, persistent=False)
-            self.register_buffer("rotary_sin", sin, persistent=False)
-            self.register_buffer("rotary_perm", perm, persistent=False)
+            table = rotary_tables(dalle_rotary_table(dim_head, self.text_len, image_fmap_size), dim_head)
+            self.register_buffer("rotary", table, persistent=False)
 
     def _mask(self, attn_type: str, start: int, end: int, key_padding_mask: Optional[Tensor]) -> Optional[Tensor]:
         if not self.causal:
@@ -306,8 +303,7 @@ class Transformer(nn.Module):
         device = default(device, ref.device)
         if dtype is None:
             dtype = ref.dtype
-            if torch.is_autocast_enabled(torch.device(device).type):
-                dtype = torch.get_autocast_dtype(torch.device(device).type)
+            dtype = autocast_dtype(torch.device(device).type) or dtype
         return KVCache.allocate(num_layers=self.depth, batch=batch, heads=self.heads, dim_head=self.dim_head,
                                 max_len=self.total_len, dim=self.dim, shift_tokens=self.shift is not None,
                                 device=device, dtype=dtype)
@@ -321,7 +317,7 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {end} positions exceeds the transformer's {self.total_len}")
         if start > 0 and cache is None:
             raise ValueError("start > 0 needs the cache holding the earlier positions")
-        rotary = (self.rotary_cos[start:end], self.rotary_sin[start:end], self.rotary_perm) if self.rotary_emb else None
+        rotary = self.rotary[start:end] if self.rotary_emb else None
         masks = {t: self._mask(t, start, end, key_padding_mask) for t in self.attn_types}
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
 

@@ -33,7 +33,9 @@ def test_axial_attention_gradients_equal_masked_sdpa():
     torch.testing.assert_close(qkv.grad, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_fused_rotary_is_bitwise_equal_to_rotary_embedding_torch():
-    t = torch.randn(3, 2, 4, 7, 32)
-    freqs = torch.randn(7, 30)
-    assert torch.equal(apply_rotary(t, *rotary_tables(freqs, 32)), apply_rotary_emb(freqs, t))
+@pytest.mark.parametrize("dim_head", [32, 33])
+def test_complex_rotary_equals_rotary_embedding_torch(dim_head):
+    t = torch.randn(3, 2, 4, 7, dim_head)
+    freqs = torch.randn(7, 15).repeat_interleave(2, dim=-1)  # the library repeats each angle per pair
+    torch.testing.assert_close(apply_rotary(t, rotary_tables(freqs, dim_head)), apply_rotary_emb(freqs, t),
+                               atol=1e-6, rtol=1e-6)

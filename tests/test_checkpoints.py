@@ -14,7 +14,7 @@ import torch
 
 from dalle_core import CLIP, DALLE, DiscreteVAE
 from dalle_core.checkpoints import (
-    CheckpointError, PretrainedMixin, _flatten, _unflatten, from_pretrained, load_training_state,
+    CheckpointError, _flatten, _unflatten, from_pretrained, load_training_state,
     save_pretrained, save_training_state,
 )
 
