@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import importlib
 import json
 import operator
 import os
@@ -339,23 +340,22 @@ def _corpus_file(texts_or_file: Corpus) -> Iterator[Path]:
         yield path
 
 
+def _optional_import(module: str, needed_by: str, package: str, install: str) -> Any:
+    """Import an optional backend, or raise an ImportError saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{needed_by} needs {package}, which is not installed. Install it with: {install}") from err
+
+
 def _import_yttm() -> Any:
     """The youtokentome module, or an ImportError saying how to install it."""
-    try:
-        import youtokentome
-    except ImportError as err:
-        raise ImportError(f"YttmTokenizer needs youtokentome, which is not installed. Install it with: "
-                          f"{YTTM_INSTALL}") from err
-    return youtokentome
+    return _optional_import("youtokentome", "YttmTokenizer", "youtokentome", YTTM_INSTALL)
 
 
 def _import_hf() -> Any:
     """The Hugging Face tokenizers module, or an ImportError saying how to install it."""
-    try:
-        import tokenizers
-    except ImportError as err:
-        raise ImportError(f"HugTokenizer needs Hugging Face tokenizers, which is not installed. Install it with: "
-                          f"{HF_INSTALL}") from err
+    tokenizers = _optional_import("tokenizers", "HugTokenizer", "Hugging Face tokenizers", HF_INSTALL)
     if not hasattr(tokenizers.Tokenizer, "encode_special_tokens"):
         raise ImportError(f"HugTokenizer needs tokenizers>=0.15.1, found {tokenizers.__version__}: {HF_INSTALL}")
     return tokenizers
