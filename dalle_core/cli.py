@@ -1,0 +1,183 @@
+"""The `dalle-core` command: train-vae, train-dalle, train-clip and generate (also `python -m dalle_core`).
+
+Training flags are the fields of the trainers' config dataclasses (`dalle-core train-vae --help` lists them
+with their defaults). Multi-GPU and multi-node runs use the same command under `accelerate launch`:
+
+    accelerate launch --multi_gpu --num_processes 8 -m dalle_core train-dalle --vae runs/vae/model --folder data/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+TRAINERS = {
+    "train-vae": ("VAETrainer", "train the discrete VAE (stage 1)"),
+    "train-dalle": ("DALLETrainer", "train the DALLE transformer on a trained dVAE's codes (stage 2)"),
+    "train-clip": ("CLIPTrainer", "train the CLIP reranker"),
+}
+
+
+def _trainer_class(command: str) -> type:
+    from . import training  # imported when needed: `generate` and --help do not pay for accelerate
+
+    return getattr(training, TRAINERS[command][0])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `dalle-core`, subcommands included."""
+    from .training.config import add_config_arguments
+
+    parser = argparse.ArgumentParser(prog="dalle-core", description="Train DALL-E models and generate images.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in TRAINERS.items():
+        p = sub.add_parser(name, help=help_text, description=f"{help_text[0].upper()}{help_text[1:]}. Data: "
+                           "--folder DIR or --shards PATTERN. Run it under `accelerate launch` for several GPUs.")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its latest checkpoint (its saved flags are the "
+                            "defaults; flags given here replace them, except the model's)")
+        add_config_arguments(p, _trainer_class(name).config_class)
+        p.set_defaults(run=_train)
+
+    g = sub.add_parser("generate", help="generate images from captions with a trained DALLE",
+                       description="Generate images for each prompt; writes one folder of PNGs and a grid per prompt.")
+    g.add_argument("prompts", nargs="*", help="captions to draw")
+    g.add_argument("--prompts-file", type=Path, help="a file with one caption per line")
+    g.add_argument("--checkpoint", type=Path, required=True,
+                   help="a DALLE model directory (runs/dalle/model, or a checkpoint's model/ or ema/)")
+    g.add_argument("--tokenizer", type=Path, help="tokenizer file (default: the one saved in --checkpoint)")
+    g.add_argument("--num-images", type=int, default=4, help="images per prompt (default: 4)")
+    g.add_argument("--batch-size", type=int, default=4, help="images generated at once (default: 4)")
+    g.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale (default: 1)")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
+    g.add_argument("--filter-thres", type=float, help="top-k: keep the top (1 - thres) of the image vocabulary "
+                                                      "(default: 0.9, or off when --top-p is given)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling: keep the smallest set of codes with this mass")
+    g.add_argument("--clip", type=Path, help="a CLIP model directory: rerank each prompt's images, best first")
+    g.add_argument("--img", type=Path, help="an image to prime with: its top rows are kept")
+    g.add_argument("--num-init-img-tokens", type=int, help="primed codes (default: 14/32 of the image rows)")
+    g.add_argument("--seed", type=int, help="seed the sampling for reproducible images")
+    g.add_argument("--out", type=Path, default=Path("outputs"), help="output directory (default: outputs)")
+    g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    g.add_argument("--no-cache", action="store_true", help="recompute every position instead of a KV cache")
+    g.set_defaults(run=_generate)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training.common import RUN_CONFIG_NAME
+    from .training.config import config_from_args, load_config_file
+
+    trainer_class = _trainer_class(args.command)
+    config_class = trainer_class.config_class
+    out = Path(getattr(args, "out", config_class().out))
+    saved = out / RUN_CONFIG_NAME
+    base = load_config_file(config_class, saved) if args.resume and saved.is_file() else None
+    trainer = trainer_class(config_from_args(config_class, args, base), resume=args.resume)
+    trainer.train()
+    trainer.accelerator.end_training()
+    return 0
+
+
+def _slug(text: str, limit: int = 60) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
+
+
+def _read_prompts(args: argparse.Namespace) -> List[str]:
+    prompts = [p for p in args.prompts if p.strip()]
+    if args.prompts_file is not None:
+        lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
+        prompts += [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError("no prompts: give captions as arguments or --prompts-file FILE")
+    return prompts
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+    import torch.nn.functional as F
+
+    from .clip import CLIP
+    from .dalle import DALLE
+    from .data import load_image
+    from .training.checkpointing import find_tokenizer, load_tokenizer
+    from .training.outputs import save_image_grid, to_pil
+
+    for name in ("num_images", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    prompts = _read_prompts(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dalle = DALLE.from_pretrained(args.checkpoint, map_location=device)
+    tokenizer_path = args.tokenizer or find_tokenizer(args.checkpoint)
+    if tokenizer_path is None:
+        warnings.warn(f"no tokenizer saved in {args.checkpoint}: using the default UTF-8 byte tokenizer")
+    tokenizer = load_tokenizer(None if tokenizer_path is None else str(tokenizer_path))
+    if tokenizer.vocab_size > dalle.num_text_tokens - dalle.text_seq_len:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but this DALLE was trained with "
+                         f"{dalle.num_text_tokens - dalle.text_seq_len}: pass the tokenizer it was trained with")
+    clip = clip_tokenizer = None
+    if args.clip is not None:
+        clip = CLIP.from_pretrained(args.clip, map_location=device)
+        saved = find_tokenizer(args.clip)
+        clip_tokenizer = load_tokenizer(str(saved)) if saved else tokenizer
+        if clip.channels != dalle.vae.channels:
+            raise ValueError(f"the CLIP takes {clip.channels}-channel images, the DALLE makes {dalle.vae.channels}")
+    primer = None
+    if args.img is not None:
+        primer = load_image(args.img, dalle.vae.image_size, resize_ratio=1.0,
+                            transparent=dalle.vae.channels == 4)[None].to(device)  # (1, C, H, W)
+    generator = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
+    filter_thres = args.filter_thres if args.filter_thres is not None else (None if args.top_p is not None else 0.9)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i, prompt in enumerate(prompts):
+        text = tokenizer.tokenize([prompt], dalle.text_seq_len, truncate_text=True).to(device)  # (1, text_seq_len)
+        chunks = []
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            for start in range(0, args.num_images, args.batch_size):
+                b = min(args.batch_size, args.num_images - start)
+                chunks.append(dalle.generate_images(
+                    text.expand(b, -1), filter_thres=filter_thres, top_p=args.top_p, temperature=args.temperature,
+                    cond_scale=args.cond_scale, img=None if primer is None else primer.expand(b, -1, -1, -1),
+                    num_init_img_tokens=args.num_init_img_tokens, use_cache=not args.no_cache,
+                    generator=generator).float())
+        images = torch.cat(chunks)  # (num_images, C, H, W)
+        scores = None
+        if clip is not None:
+            size = clip.visual_image_size
+            scaled = images if images.shape[-1] == size else F.interpolate(images, size=(size, size),
+                                                                           mode="bilinear", antialias=True)
+            ctext = clip_tokenizer.tokenize([prompt], clip.text_seq_len, truncate_text=True).to(device)
+            best = clip.rerank(ctext, scaled.clamp(0, 1)[None], top=len(images), text_mask=ctext != 0)
+            images, scores = images[best.indices[0]], best.scores[0].tolist()
+        folder = args.out / f"{i:03d}-{_slug(prompt)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for j, image in enumerate(images):
+            to_pil(image).save(folder / f"{j:03d}.png")
+        save_image_grid(images, folder / "grid.png")
+        info = {"prompt": prompt, "images": [f"{j:03d}.png" for j in range(len(images))], "clip_scores": scores}
+        (folder / "prompt.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        print(f"{prompt!r}: {len(images)} images in {folder}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run `dalle-core` with `argv` (default: sys.argv[1:]); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, ImportError) as err:  # user errors: one line, no traceback
+        print(f"dalle-core {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

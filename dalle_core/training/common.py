@@ -1,0 +1,317 @@
+"""The training loop the dVAE, DALLE and CLIP trainers share, on one code path from one CPU to many nodes.
+
+There is always an `accelerate.Accelerator`: a plain `python` run is its single-process case, and
+`accelerate launch` (DDP, FSDP, DeepSpeed; one or many machines) runs the same code in every process. Only
+the main process writes checkpoints, metrics and images. Each update's randomness (Gumbel noise, dropout,
+caption dropping) is seeded from (seed, rank, epoch, batch index), and the data order from (seed, epoch), so
+a run resumed from a checkpoint ends with the same weights as one that never stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Type
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DistributedType, gather_object
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..checkpoints import save_training_state, load_training_state
+from ..data._common import mix_seed
+from .batches import Batch, BatchStream, build_dataset, skip_counts
+from .checkpointing import crash_point, latest_checkpoint, write_checkpoint
+from .config import TrainConfig, config_to_dict, load_config_file
+from .ema import EMA, rebuild
+from .outputs import SAMPLE_IDS_NAME, MetricsLog, record_sample_ids, truncate_metrics, weight_checksum
+from .schedules import warmup_cosine_scheduler
+
+__all__ = ["Trainer", "make_optimizer", "RUN_CONFIG_NAME"]
+
+RUN_CONFIG_NAME = "train_config.json"
+
+
+# --- pieces ---------------------------------------------------------------------------------------------------
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay on matrices and embeddings only (not biases, norms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=tuple(config.betas))
+
+
+def _has_accelerator() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    mps = getattr(torch.backends, "mps", None)
+    return (torch.cuda.is_available() or bool(xpu and xpu.is_available())
+            or bool(mps and mps.is_available()))
+
+
+class Trainer:
+    """Base trainer: subclasses say how to build the model, what its loss is, what to sample and how to save it.
+
+    `Trainer(config).train()` trains for `config.steps` updates and returns the trained model (the raw weights;
+    `trainer.ema` holds the EMA). With `resume=True` it continues the run in `config.out` from its latest
+    checkpoint (or starts one when there is none). `dataset` replaces the folder/shards of the config with any
+    dataset of (caption ids, image) pairs.
+    """
+
+    config_class: Type[TrainConfig] = TrainConfig
+    kind = "model"
+
+    def __init__(self, config: TrainConfig, *, dataset: Optional[Dataset] = None, resume: bool = False):
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        config.validate()
+        self.config, self.out, self.resume, self._dataset = config, Path(config.out), resume, dataset
+        # a fresh Accelerator per trainer, so one notebook can run trainers with different precisions in turn
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+        self.accelerator = Accelerator(cpu=config.cpu or not _has_accelerator(), step_scheduler_with_optimizer=False,
+                                       mixed_precision="bf16" if config.bf16 else "no",
+                                       gradient_accumulation_steps=config.grad_accum)
+        self.is_main = self.accelerator.is_main_process
+        self.sharded = self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        if self.sharded and config.ema_decay:
+            raise ValueError("EMA needs every process to hold the whole model; turn it off (--ema-decay 0) with "
+                             "FSDP or DeepSpeed")
+        self.checkpoint = self._find_checkpoint()
+        self.ema: Optional[EMA] = None
+
+    # --- what subclasses provide ----------------------------------------------------------------------------
+
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model (the global torch RNG is seeded with config.seed before this is called)."""
+        raise NotImplementedError
+
+    def load_model(self, directory: Path) -> nn.Module:
+        """The model saved by `export` in `directory` (used to resume)."""
+        raise NotImplementedError
+
+    def dataset_options(self, model: nn.Module) -> Dict[str, Any]:
+        """text_len, image_size, tokenizer, transparent and truncate_captions for the dataset."""
+        raise NotImplementedError
+
+    def compute_loss(self, model: nn.Module, batch: Batch, step: int) -> Tuple[Tensor, Dict[str, float]]:
+        """The loss of one micro-batch at update `step` (0-based) and scalars to log with it."""
+        raise NotImplementedError
+
+    def extra_metrics(self, model: nn.Module, batch: Batch) -> Dict[str, float]:
+        """More scalars at log time (main process only, unwrapped model)."""
+        return {}
+
+    def write_samples(self, model: nn.Module, step: int, fixed: Batch) -> Dict[str, float]:
+        """Write sample images for update `step` (main process only); may return scalars to log."""
+        return {}
+
+    def export(self, model: nn.Module, directory: Path) -> None:
+        """Save `model` so that `load_model(directory)` and `from_pretrained` read it."""
+        model.save_pretrained(directory)
+
+    # --- the run ----------------------------------------------------------------------------------------------
+
+    def _find_checkpoint(self) -> Optional[Path]:
+        found = latest_checkpoint(self.out)
+        if found is not None and not self.resume:
+            raise ValueError(f"{self.out} already holds a run (checkpoint {found.name}); resume it with --resume "
+                             "(resume=True) or choose another output directory")
+        saved = self.out / RUN_CONFIG_NAME
+        if self.resume and saved.is_file():
+            old = load_config_file(self.config_class, saved).model_fields()
+            changed = {k: (old[k], v) for k, v in self.config.model_fields().items() if old[k] != v}
+            if changed:
+                detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                raise ValueError(f"cannot resume {self.out} with a different model ({detail}); leave the model "
+                                 "flags as they were")
+        return found if self.resume else None
+
+    def _write_run_config(self) -> None:
+        doc = {"trainer": self.kind, "dalle_core_version": __version__, "config": config_to_dict(self.config)}
+        path = self.out / RUN_CONFIG_NAME
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+    def train(self) -> nn.Module:
+        """Train to `config.steps` updates (continuing from the latest checkpoint when resuming)."""
+        cfg, acc = self.config, self.accelerator
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process
+        model = self.load_model(self.checkpoint / "model") if self.checkpoint else self.build_model()
+        model.train()
+        dataset = self._dataset if self._dataset is not None else build_dataset(
+            cfg, rank=acc.process_index, world_size=acc.num_processes, **self.dataset_options(model))
+        stream = BatchStream(dataset, accelerator=acc, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                             seed=cfg.seed)
+        model.to(acc.device)
+        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+        optimizer = make_optimizer(model, cfg)
+        scheduler = warmup_cosine_scheduler(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
+                                            min_ratio=cfg.min_lr_ratio)
+        if stream.sized:
+            model, optimizer, scheduler, stream.loader = acc.prepare(model, optimizer, scheduler, stream.loader)
+        else:
+            if acc.distributed_type == DistributedType.DEEPSPEED:  # no prepared DataLoader to read it from
+                acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+            model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+        if acc.gradient_accumulation_steps != cfg.grad_accum:  # ACCELERATE_GRADIENT_ACCUMULATION_STEPS or DeepSpeed
+            raise ValueError(f"Accelerate accumulates {acc.gradient_accumulation_steps} micro-batches but "
+                             f"grad_accum is {cfg.grad_accum}: set it only with --grad-accum (leave DeepSpeed's at 'auto')")
+        self.model, self.optimizer, self.scheduler, self.stream = model, optimizer, scheduler, stream
+        self.unwrapped = acc.unwrap_model(model)
+
+        step = self._restore() if self.checkpoint else 0
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._write_run_config()
+            if self.checkpoint:  # records written after that checkpoint by the run that stopped
+                truncate_metrics(self.out, step)
+                truncate_metrics(self.out, step, SAMPLE_IDS_NAME)
+        self.log = MetricsLog(self.out, enabled=self.is_main, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
+                              wandb_project=cfg.wandb_project, config=config_to_dict(cfg))
+        usable = len(dataset) if stream.sized else None
+        acc.print(f"data: {usable if usable is not None else 'streamed'} usable samples; "
+                  + getattr(dataset, "skip_summary", lambda: "no skip report")())
+        self.log.event(step, "data", usable=usable, skipped=skip_counts(dataset))
+        self.fixed = stream.first_items(cfg.num_samples) if self.is_main and cfg.sample_every else None
+        if self.checkpoint:
+            acc.print(f"resumed from {self.checkpoint} at update {step}")
+
+        self._loop(step)
+        self._finish(dataset)
+        final = acc.unwrap_model(model, keep_fp32_wrapper=False)  # without Accelerate's autocast on forward
+        # drop the DDP/DeepSpeed wrappers now: one still holding a process group when the interpreter shuts down
+        # can abort the process (gloo), after `end_training` has destroyed the group
+        self.model = self.optimizer = self.scheduler = None
+        del model, optimizer, scheduler
+        acc.free_memory()
+        return final
+
+    def _loop(self, step: int) -> None:
+        cfg, acc, model, optimizer = self.config, self.accelerator, self.model, self.optimizer
+        bar = tqdm(total=cfg.steps, initial=step, disable=not self.is_main, desc=f"train-{self.kind}",
+                   dynamic_ncols=True)
+        running, count = torch.zeros((), device=acc.device), 0
+        batches = iter(self.stream)
+        while step < cfg.steps:
+            epoch, index, batch = next(batches)
+            torch.manual_seed(mix_seed(cfg.seed, "step", acc.process_index, epoch, index))
+            with acc.accumulate(model):
+                loss, metrics = self.compute_loss(model, batch, step)
+                acc.backward(loss)
+                grad_norm = None
+                if acc.sync_gradients and cfg.max_grad_norm > 0:
+                    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if cfg.debug_record:
+                record_sample_ids(acc, self.out / SAMPLE_IDS_NAME, step + 1, epoch, index, batch)
+            running, count = running + loss.detach().float(), count + 1
+            if not acc.sync_gradients:
+                continue
+            self.scheduler.step()
+            step += 1
+            if self.ema is not None:
+                self.ema.update(self.unwrapped)
+            bar.update(1)
+            crash_point("step", step)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                mean_loss = acc.reduce(running / count, "mean").item()
+                row = {"loss": mean_loss, "lr": lr, "epoch": epoch, **metrics}
+                if grad_norm is not None:
+                    row["grad_norm"] = float(grad_norm)
+                if self.is_main:
+                    row.update(self.extra_metrics(self.unwrapped, batch))
+                self.log.log(step, row)
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                running, count = torch.zeros((), device=acc.device), 0
+            if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
+                self._samples(step)
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                self._save(step)
+        bar.close()
+
+    def sample_model(self) -> nn.Module:
+        """The model to sample from and to export: the EMA one when there is one and `use_ema`, else the raw one."""
+        return self.ema.model if self.ema is not None and self.config.use_ema else self.unwrapped
+
+    def _samples(self, step: int) -> None:
+        if self.sharded or not self.is_main:  # sampling a sharded model would need every process
+            return
+        with torch.no_grad(), self.accelerator.autocast():
+            metrics = self.write_samples(self.sample_model(), step, self.fixed)
+        if metrics:
+            self.log.log(step, metrics)
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+
+    def _full_model(self) -> Optional[nn.Module]:
+        """The whole model on the main process (gathered from every process when sharded), None elsewhere."""
+        if not self.sharded:
+            return self.unwrapped if self.is_main else None
+        state = self.accelerator.get_state_dict(self.model)  # a collective: every process calls it
+        if not self.is_main:
+            return None
+        full = rebuild(self.unwrapped).cpu()
+        full.load_state_dict(state)
+        return full
+
+    def _save(self, step: int) -> None:
+        acc = self.accelerator
+        data_state = self.stream.state()  # a collective for shards: every process calls it
+        full = self._full_model()
+        staging = self.out / "checkpoints" / f".step-{step:08d}.accelerate"
+        if self.sharded:  # sharded optimizer states are saved by every process, in Accelerate's format
+            acc.save_state(str(staging))
+            acc.wait_for_everyone()
+        if self.is_main:
+            def write(tmp: Path) -> None:
+                self.export(full, tmp / "model")
+                if self.ema is not None:
+                    self.export(self.ema.model, tmp / "ema")
+                crash_point("checkpoint", step)
+                if self.sharded:
+                    os.replace(staging, tmp / "accelerate")
+                save_training_state(tmp, optimizer=None if self.sharded else self.optimizer, scheduler=self.scheduler,
+                                    step=step, ema=self.ema, data_state=data_state, extra={"trainer": self.kind})
+
+            write_checkpoint(self.out, step, write, self.config.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    def _restore(self) -> int:
+        acc = self.accelerator
+        has_ema = (self.checkpoint / "ema").is_dir()  # EMA turned on at resume: it starts from the weights
+        info = load_training_state(self.checkpoint, optimizer=None if self.sharded else self.optimizer,
+                                   scheduler=self.scheduler, ema=self.ema if has_ema else None)
+        if self.sharded:
+            acc.load_state(str(self.checkpoint / "accelerate"))
+        self.stream.load_state(info["data_state"] or {})
+        return int(info["step"])
+
+    # --- the end --------------------------------------------------------------------------------------------------
+
+    def _finish(self, dataset: Dataset) -> None:
+        acc, step = self.accelerator, self.config.steps
+        full = self._full_model()
+        if self.is_main:
+            self.export(self.sample_model() if not self.sharded else full, self.out / "model")
+        merged: Dict[str, set] = {}  # each process skips what it loads; folder indexing skips are on every process
+        for per_rank in gather_object([getattr(dataset, "skipped", None) or {}]):
+            for reason, items in per_rank.items():
+                merged.setdefault(reason, set()).update(items)
+        skipped = {reason: len(items) for reason, items in sorted(merged.items()) if items}
+        extra = {}
+        if self.config.debug_record:
+            extra["weight_checksums"] = gather_object([weight_checksum(self.unwrapped)])
+        self.log.event(step, "end", skipped=skipped, **extra)
+        acc.print(f"data skipped during the run: {skipped or 'nothing'}; final model in {self.out / 'model'}")
+        self.log.close()
+        acc.wait_for_everyone()

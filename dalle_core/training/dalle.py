@@ -1,0 +1,136 @@
+"""Stage 2: train the DALLE transformer on captions and the frozen dVAE's image codes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..dalle import DALLE
+from ..interop import load_dalle_pytorch_vae
+from ..vae import DiscreteVAE
+from .batches import Batch
+from .checkpointing import find_tokenizer, load_tokenizer, save_tokenizer
+from .common import Trainer
+from .config import TrainConfig, option
+from .outputs import save_image_grid
+
+__all__ = ["DALLETrainConfig", "DALLETrainer", "train_dalle", "load_vae"]
+
+
+def load_vae(path: str) -> DiscreteVAE:
+    """A trained dVAE: a `save_pretrained` directory, or a DALLE-pytorch train_vae.py checkpoint (.pt)."""
+    p = Path(path)
+    if p.is_dir():
+        return DiscreteVAE.from_pretrained(p)
+    if p.is_file():
+        return load_dalle_pytorch_vae(p)
+    raise FileNotFoundError(f"dVAE {path!r} not found: give a directory written by train-vae (e.g. runs/vae/model) "
+                            "or a DALLE-pytorch vae.pt")
+
+
+@dataclass
+class DALLETrainConfig(TrainConfig):
+    """DALLE training: the transformer's size, its tokenizer and dVAE, caption dropping, sampling settings."""
+
+    out: str = option("runs/dalle", "output directory: checkpoints, samples, metrics.jsonl, the final model")
+    batch_size: int = option(4, "samples per process per micro-batch", "optim")
+    max_grad_norm: float = option(0.5, "clip the gradient norm to this (0: no clipping)", "optim")
+    null_cond_prob: float = option(0.1, "probability of dropping a caption (for classifier-free guidance)", "optim")
+    truncate_captions: bool = option(True, "cut captions longer than text_seq_len (else they raise)", "data")
+
+    vae: Optional[str] = option(None, "the trained dVAE: a train-vae model directory or a DALLE-pytorch vae.pt",
+                                "model")
+    tokenizer: Optional[str] = option(None, "tokenizer file (Tokenizer.load: BPE json, youtokentome model); "
+                                            "default: UTF-8 bytes", "model")
+    dim: int = option(512, "model width", "model")
+    depth: int = option(2, "transformer layers", "model")
+    heads: int = option(8, "attention heads", "model")
+    dim_head: int = option(64, "size of each head", "model")
+    text_seq_len: int = option(256, "caption tokens", "model")
+    attn_types: Tuple[str, ...] = option(("full",), "attention patterns cycled over the layers (full, axial_row, "
+                                                   "axial_col, conv_like, row, col, conv)", "model")
+    reversible: bool = option(False, "reversible layers (less activation memory)", "model")
+    attn_dropout: float = option(0.0, "attention dropout", "model")
+    ff_dropout: float = option(0.0, "feed-forward dropout", "model")
+    loss_img_weight: float = option(7.0, "image loss weight against the text loss (the paper: 7)", "model")
+    stable: bool = option(False, "the CogView stabilisation tricks", "model")
+    sandwich_norm: bool = option(False, "sandwich layer norm", "model")
+    shift_tokens: bool = option(True, "token shifting", "model")
+    rotary_emb: bool = option(True, "rotary position embeddings", "model")
+    share_input_output_emb: bool = option(False, "tie the input embeddings to the output layer", "model")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass", "model")
+
+    sample_captions: Optional[Tuple[str, ...]] = option(None, "captions for the sample grids (default: the "
+                                                              "first num_samples captions of the data)")
+    sample_cond_scale: float = option(1.0, "classifier-free guidance scale for the sample grids")
+    sample_filter_thres: float = option(0.9, "top-k filter for the sample grids (keep the top 1 - thres)")
+    sample_temperature: float = option(1.0, "sampling temperature for the sample grids")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.null_cond_prob <= 1:
+            raise ValueError(f"null_cond_prob must be in [0, 1], got {self.null_cond_prob}")
+
+
+class DALLETrainer(Trainer):
+    """Trains a `DALLE` on (caption, image) pairs; sample grids show generations for fixed captions."""
+
+    config_class = DALLETrainConfig
+    kind = "dalle"
+
+    def __init__(self, config: DALLETrainConfig, **kwargs: Any):
+        super().__init__(config, **kwargs)
+        if self.checkpoint is None and config.vae is None:
+            raise ValueError("train-dalle needs a trained dVAE: pass --vae DIR (a train-vae model directory)")
+        saved = find_tokenizer(self.checkpoint / "model") if self.checkpoint else None
+        self.tokenizer = load_tokenizer(str(saved) if saved else config.tokenizer)
+
+    def build_model(self) -> nn.Module:
+        c = self.config
+        return DALLE(dim=c.dim, vae=load_vae(c.vae), num_text_tokens=self.tokenizer.vocab_size,
+                     text_seq_len=c.text_seq_len, depth=c.depth, heads=c.heads, dim_head=c.dim_head,
+                     reversible=c.reversible, attn_dropout=c.attn_dropout, ff_dropout=c.ff_dropout,
+                     attn_types=c.attn_types, loss_img_weight=c.loss_img_weight, stable=c.stable,
+                     sandwich_norm=c.sandwich_norm, shift_tokens=c.shift_tokens, rotary_emb=c.rotary_emb,
+                     share_input_output_emb=c.share_input_output_emb, gradient_checkpointing=c.gradient_checkpointing)
+
+    def load_model(self, directory: Path) -> nn.Module:
+        return DALLE.from_pretrained(directory)
+
+    def dataset_options(self, model: nn.Module) -> Dict[str, Any]:
+        return dict(text_len=model.text_seq_len, image_size=model.vae.image_size, tokenizer=self.tokenizer,
+                    transparent=model.vae.channels == 4, truncate_captions=self.config.truncate_captions)
+
+    def compute_loss(self, model: nn.Module, batch: Batch, step: int) -> Tuple[Tensor, Dict[str, float]]:
+        return model(batch.text, batch.images, return_loss=True, null_cond_prob=self.config.null_cond_prob), {}
+
+    @torch.no_grad()
+    def write_samples(self, model: nn.Module, step: int, fixed: Batch) -> Dict[str, float]:
+        c, device = self.config, self.accelerator.device
+        if c.sample_captions:
+            captions, real = list(c.sample_captions), None
+            text = self.tokenizer.tokenize(captions, model.text_seq_len, truncate_text=True)
+        else:
+            text, real = fixed.text, fixed.images
+            captions = [self.tokenizer.decode(t) for t in text]
+        gen = torch.Generator(device=device).manual_seed(c.seed)  # the same draws at every step: compare grids
+        images = model.generate_images(text.to(device), filter_thres=c.sample_filter_thres,
+                                       temperature=c.sample_temperature, cond_scale=c.sample_cond_scale,
+                                       use_cache=True, generator=gen).float()
+        grid = images if real is None else torch.cat([real.to(device).float(), images])  # real row above
+        path = self.out / "samples" / f"step-{step:08d}.png"
+        save_image_grid(grid, path, nrow=len(images))
+        path.with_suffix(".txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
+        return {}
+
+    def export(self, model: nn.Module, directory: Path) -> None:
+        model.save_pretrained(directory)
+        save_tokenizer(self.tokenizer, directory)  # `dalle-core generate` reads it from here
+
+
+def train_dalle(config: DALLETrainConfig, **kwargs: Any) -> DALLE:
+    """Train a DALLE as `config` says (see `Trainer` for `dataset=` and `resume=`); returns the trained model."""
+    return DALLETrainer(config, **kwargs).train()

@@ -1,0 +1,170 @@
+"""What a run writes besides checkpoints: metrics as JSON lines (plus optional TensorBoard / W&B), PNG grids,
+and with `debug_record` the sample ids of every micro-batch and each process's weight checksum."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+__all__ = ["MetricsLog", "truncate_metrics", "to_pil", "save_image_grid", "record_sample_ids", "weight_checksum",
+           "METRICS_NAME", "SAMPLE_IDS_NAME"]
+
+METRICS_NAME = "metrics.jsonl"
+SAMPLE_IDS_NAME = "sample_ids.jsonl"
+
+
+def _optional_import(module: str, flag: str, install: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{flag} needs the {module} package, which is not installed: {install}") from err
+
+
+class MetricsLog:
+    """Appends one JSON object per line to out/metrics.jsonl; mirrors scalars to TensorBoard and W&B if asked.
+
+    Neither backend is imported unless asked for; a missing one raises an ImportError that says how to
+    install it. Disabled (everything a no-op) on processes other than the main one.
+    """
+
+    def __init__(self, out: Union[str, Path], *, enabled: bool = True, tensorboard: bool = False,
+                 wandb: bool = False, wandb_project: str = "dalle-core", config: Optional[Dict[str, Any]] = None):
+        self.path = Path(out) / METRICS_NAME
+        self.enabled = enabled
+        self._tb = self._wandb = None
+        if not enabled:
+            return
+        if tensorboard:
+            _optional_import("tensorboard", "--tensorboard", "pip install tensorboard")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(Path(out) / "tensorboard"))
+        if wandb:
+            self._wandb = _optional_import("wandb", "--wandb", "pip install wandb")
+            id_file = Path(out) / "wandb_run_id"
+            run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:16]
+            id_file.write_text(run_id + "\n")
+            self._wandb.init(project=wandb_project, config=config, dir=str(out), name=Path(out).name, id=run_id,
+                             resume="allow")
+
+    def log(self, step: int, metrics: Dict[str, Any]) -> None:
+        """Write `metrics` for update `step` (numbers; tensors are converted)."""
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self._append(row)
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        scalars.pop("step")
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def event(self, step: int, name: str, **data: Any) -> None:
+        """Write a non-metric record (data skipped, run start/end) as {"step", "event", ...}."""
+        if self.enabled:
+            self._append({"step": step, "event": name, **{k: _plain(v) for k, v in data.items()}})
+
+    def _append(self, row: Dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def close(self) -> None:
+        """Flush and close the optional backends."""
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value
+
+
+def truncate_metrics(out: Union[str, Path], step: int, name: str = METRICS_NAME) -> None:
+    """Drop the records of out/`name` after `step` (written by a run that died before its next checkpoint)."""
+    path = Path(out) / name
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:  # a line cut short by the crash
+            continue
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- images -------------------------------------------------------------------------------------------------
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """A (C, H, W) float image in [0, 1] (C = 1, 3 or 4) as a PIL image."""
+    if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
+        raise ValueError(f"expected an image (C, H, W) with C in (1, 3, 4), got shape {tuple(image.shape)}")
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu()  # (H, W, C)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[pixels.shape[2]]
+    return Image.fromarray(pixels.squeeze(2).numpy() if mode == "L" else pixels.numpy(), mode)
+
+
+def save_image_grid(images: Union[Tensor, Sequence[Tensor]], path: Union[str, Path], nrow: Optional[int] = None,
+                    padding: int = 2) -> Path:
+    """Save images (N, C, H, W) in [0, 1] as one PNG, `nrow` per row (default: a square-ish grid)."""
+    images = torch.stack(list(images)) if not isinstance(images, Tensor) else images
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"expected images (N, C, H, W) with N >= 1, got shape {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = images.new_ones(c, rows * (h + padding) + padding, nrow * (w + padding) + padding)  # white background
+    for i, image in enumerate(images):
+        top, left = padding + (i // nrow) * (h + padding), padding + (i % nrow) * (w + padding)
+        grid[:, top:top + h, left:left + w] = image
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(grid).save(path)
+    return path
+
+
+# --- debug records --------------------------------------------------------------------------------------------
+
+
+def _caption_keys(text: Tensor) -> Tensor:
+    """An int64 key per caption (B,): identifies streamed samples, which have no dataset index."""
+    weights = [pow(257, i, 2**61 - 1) for i in range(text.shape[1])]
+    return (text.long() * torch.tensor(weights, device=text.device)).sum(dim=1)  # wraps around, deterministically
+
+
+def record_sample_ids(accelerator: Any, path: Path, step: int, epoch: int, index: int, batch: Any) -> None:
+    """Append {"step", "epoch", "batch", "ids": [[rank 0's], [rank 1's], ...]} for one micro-batch (a collective)."""
+    ids = batch.ids if batch.ids is not None else _caption_keys(batch.text)
+    ids = accelerator.gather(ids)  # (processes * B,), rank by rank
+    if accelerator.is_main_process:
+        row = {"step": step, "epoch": epoch, "batch": index, "ids": ids.view(accelerator.num_processes, -1).tolist()}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def weight_checksum(model: nn.Module) -> str:
+    """sha256 of every tensor in the state dict, in name order: equal weights, equal checksums."""
+    digest = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

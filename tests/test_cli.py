@@ -1,0 +1,125 @@
+"""The `dalle-core` command: the three trainers and `generate`, end to end on a tiny generated folder."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import torch
+from PIL import Image
+
+from dalle_core.cli import main
+from test_training import TINY_CLIP, TINY_DALLE, TINY_VAE, cli_env, flags, losses, make_folder, metrics
+from test_training import one_thread  # noqa: F401  (its autouse fixture: one thread in this module too)
+
+QUIET = dict(warmup_steps=0, log_every=1, sample_every=0)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Dict[str, Path]:
+    """A dVAE, a DALLE on it and a CLIP, each trained by the CLI in this process."""
+    root = tmp_path_factory.mktemp("cli")
+    data = make_folder(root / "data")
+    vae, dalle, clip = root / "vae", root / "dalle", root / "clip"
+    assert main(["train-vae", *flags(folder=data, out=vae, steps=30, batch_size=4, lr=3e-3, **QUIET,
+                                     **TINY_VAE)]) == 0
+    assert main(["train-dalle", *flags(folder=data, vae=vae / "model", out=dalle, steps=30, batch_size=4, lr=3e-3,
+                                       null_cond_prob=0.2, **QUIET, **TINY_DALLE)]) == 0
+    assert main(["train-clip", *flags(folder=data, out=clip, steps=20, batch_size=6, lr=1e-3, **QUIET,
+                                      **TINY_CLIP)]) == 0
+    return {"data": data, "vae": vae, "dalle": dalle, "clip": clip}
+
+
+def test_python_m_dalle_core_lists_the_commands():
+    done = subprocess.run([sys.executable, "-m", "dalle_core", "--help"], env=cli_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0
+    assert all(cmd in done.stdout for cmd in ("train-vae", "train-dalle", "train-clip", "generate"))
+
+
+def test_each_training_command_lowers_its_loss_and_writes_its_model(runs):
+    for name in ("vae", "dalle", "clip"):
+        curve = losses(runs[name])
+        assert sum(curve[-4:]) < sum(curve[:4]), name
+        assert (runs[name] / "model" / "model.safetensors").is_file()
+        assert json.loads((runs[name] / "train_config.json").read_text())["trainer"] == name
+    assert (runs["dalle"] / "model" / "tokenizer.json").is_file()
+
+
+def test_generate_writes_a_folder_of_pngs_and_a_grid_per_prompt(runs, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("blue top\n\ngreen right\n")
+    out = tmp_path / "gen"
+    code = main(["generate", "red left", "--prompts-file", str(prompts), *flags(
+        checkpoint=runs["dalle"] / "model", num_images=3, batch_size=2, out=out, seed=0)])
+    assert code == 0
+    folders = sorted(p.name for p in out.iterdir())
+    assert folders == ["000-red-left", "001-blue-top", "002-green-right"]
+    for name in folders:
+        pngs = sorted((out / name).glob("0*.png"))
+        assert len(pngs) == 3 and all(Image.open(p).size == (16, 16) for p in pngs)
+        assert Image.open(out / name / "grid.png").size == (2 * 18 + 2, 2 * 18 + 2)
+        assert json.loads((out / name / "prompt.json").read_text())["clip_scores"] is None
+
+
+def test_generate_with_clip_puts_the_best_scored_image_first(runs, tmp_path):
+    out = tmp_path / "ranked"
+    assert main(["generate", "green bottom", *flags(checkpoint=runs["dalle"] / "model", clip=runs["clip"] / "model",
+                                                    num_images=4, batch_size=4, out=out, seed=1)]) == 0
+    scores = json.loads((out / "000-green-bottom" / "prompt.json").read_text())["clip_scores"]
+    assert len(scores) == 4 and scores == sorted(scores, reverse=True)
+
+
+def test_generate_with_a_seed_repeats_itself_and_passes_priming_guidance_and_top_p(runs, tmp_path, monkeypatch):
+    from dalle_core import DALLE
+    from dalle_core.data import load_image
+
+    calls = []
+    original = DALLE.generate_images
+
+    def spy(self, text, **kwargs):
+        calls.append(kwargs)
+        return original(self, text, **kwargs)
+
+    monkeypatch.setattr(DALLE, "generate_images", spy)
+    primer = next(runs["data"].glob("*.png"))
+    options = dict(checkpoint=runs["dalle"] / "model", num_images=2, seed=7, img=primer, cond_scale=2.0, top_p=0.9,
+                   num_init_img_tokens=8)
+    for name in ("a", "b"):
+        assert main(["generate", "red top", *flags(out=tmp_path / name, **options)]) == 0
+    images = [(tmp_path / name / "000-red-top" / "000.png").read_bytes() for name in ("a", "b")]
+    assert images[0] == images[1]
+    kwargs = calls[0]
+    assert kwargs["top_p"] == 0.9 and kwargs["filter_thres"] is None  # top-p alone unless both are given
+    assert kwargs["cond_scale"] == 2.0 and kwargs["num_init_img_tokens"] == 8 and kwargs["use_cache"]
+    expected = load_image(primer, 16, resize_ratio=1.0)
+    assert kwargs["img"].shape == (2, 3, 16, 16) and torch.equal(kwargs["img"][1], expected)
+
+
+def test_resume_takes_the_saved_flags_and_extends_the_run(tmp_path):
+    data = make_folder(tmp_path / "data")
+    out = tmp_path / "vae"
+    assert main(["train-vae", *flags(folder=data, out=out, steps=4, batch_size=4, save_every=2, **QUIET,
+                                     **TINY_VAE)]) == 0
+    assert main(["train-vae", "--resume", *flags(out=out, steps=6)]) == 0  # nothing else repeated
+    assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    saved = json.loads((out / "train_config.json").read_text())["config"]
+    assert saved["steps"] == 6 and saved["hidden_dim"] == TINY_VAE["hidden_dim"]
+
+
+def test_user_errors_are_one_line_messages_with_exit_status_1(tmp_path, capsys):
+    data = make_folder(tmp_path / "data")
+    cases = [
+        (["train-vae", "--out", str(tmp_path / "a")], "exactly one data source"),
+        (["train-dalle", *flags(folder=data, out=tmp_path / "b")], "needs a trained dVAE"),
+        (["train-vae", *flags(folder=data, out=tmp_path / "c", steps=0)], "steps must be an int >= 1"),
+        (["generate", "--checkpoint", str(tmp_path / "missing")], "no prompts"),
+        (["generate", "hi", "--checkpoint", str(tmp_path / "missing")], "missing"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
