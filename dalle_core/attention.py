@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Attention", "AxialPattern", "apply_rotary", "rotary_tables", "axial_attention"]
+from .linear import Linear
 
+__all__ = ["Attention", "AxialPattern", "apply_rotary", "rotary_tables", "axial_attention"]
 
 
 def rotary_tables(freqs: Tensor, dim_head: int) -> Tensor:
@@ -79,8 +80,8 @@ class Attention(nn.Module):
         self.heads = heads
         self.dim_head = dim_head
         self.causal = causal
-        self.to_qkv = nn.Linear(dim, inner_dim * 3, bias=False)
-        self.to_out = nn.Linear(inner_dim, dim)
+        self.to_qkv = Linear(dim, inner_dim * 3, bias=False)
+        self.to_out = Linear(inner_dim, dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(
@@ -90,7 +91,7 @@ class Attention(nn.Module):
         mask: Optional[Union[Tensor, AxialPattern]] = None,
         rotary: Optional[Tensor] = None,
         kv_cache: Optional[Tensor] = None,
-        start: int = 0,
+        start: Union[int, Tensor] = 0,
     ) -> Tensor:
         """Attend from `x` (B, n, dim), the positions [start, start + n), to every visible position.
 
@@ -98,13 +99,19 @@ class Attention(nn.Module):
         the module is not causal); an `AxialPattern` (whole sequences only) computes just the visible blocks.
         rotary: `rotary_tables` rows for these positions. kv_cache: this layer's preallocated keys and values
         (2, B, heads, max_len, dim_head); the new ones are written at [start, start + n) and attention reads
-        [0, start + n).
+        [0, start + n). A (1,) tensor `start` (one position) reads the whole buffer under `mask`, a (1, max_len)
+        row, so that no shape depends on the position.
         """
         b, n, _ = x.shape
         qkv = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)  # (3, B, h, n, d)
         if rotary is not None:
             qkv = apply_rotary(qkv, rotary)  # DALLE-pytorch rotates the values too; kept for weight compatibility
-        if kv_cache is not None:
+        if isinstance(start, Tensor):  # one position, static shapes: the whole buffer, under `mask`'s row
+            if kv_cache is None or mask is None or n != 1:
+                raise ValueError("a tensor `start` decodes one position and needs kv_cache and its mask row")
+            kv_cache.index_copy_(3, start, qkv[1:].to(kv_cache.dtype))
+            q, (k, v) = qkv[0], kv_cache
+        elif kv_cache is not None:
             kv_cache[:, :, :, start : start + n] = qkv[1:]
             q, (k, v) = qkv[0], kv_cache[:, :, :, : start + n]
         else:

@@ -69,6 +69,11 @@ class KVCache:
         """Token-shift history of one layer's attention (branch 0) or feed-forward (branch 1)."""
         return None if self._history is None else self._history[layer][branch]
 
+    def advance(self, n: int) -> None:
+        """Record that `n` more positions went through the transformer with this cache."""
+        self.offset += n
+        self.tokens_processed += n
+
     def reset(self) -> None:
         """Forget every position (the buffers are reused)."""
         self.offset = 0

@@ -7,6 +7,7 @@ device with any dalle_core tokenizer; images come out of the dVAE in [0, 1].
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any, List, Optional, Tuple, Union
 
@@ -15,9 +16,10 @@ import torch.nn.functional as F
 from axial_positional_embedding import AxialPositionalEmbedding
 from torch import Tensor, nn
 
-from ._utils import check_images, check_same_batch, check_token_ids, eval_decorator, set_requires_grad
+from ._utils import autocast_dtype, check_images, check_same_batch, check_token_ids, eval_decorator, set_requires_grad
 from .cache import KVCache
 from .checkpoints import PretrainedMixin
+from .linear import pack_weight, packed_linear, prepacked
 from .losses import linear_cross_entropy
 from .sampling import classifier_free_guidance, sample_logits
 from .transformer import DivideMax, Transformer
@@ -181,14 +183,61 @@ class DALLE(PretrainedMixin, nn.Module):
             tokens = tokens * 0.1 + tokens.detach() * 0.9
         out = self.transformer(tokens, start=start, cache=cache)
         if cache is not None:
-            cache.offset = n
+            cache.advance(n - start)
         return self.norm_by_max(out), start
 
-    def _logits(self, hidden: Tensor, vocab: str) -> Tensor:
-        """Logits of one modality only ('text' or 'image'): the rows of the output layer for its vocabulary."""
+    def _image_step(self, code: Tensor, pos: Tensor, cache: KVCache, head: Optional[Tensor] = None) -> Tensor:
+        """Image logits (B, num_image_tokens) for the next position after feeding image code `code` (B,) at
+        sequence position `pos` (a (1,) long tensor); static shapes, see `Transformer.step`. `head`: the image
+        rows of the output layer, packed. The caller advances the cache."""
+        if self.share_input_output_emb:
+            x = F.embedding(code[:, None], self.to_logits[1].weight[self.num_text_tokens :])  # (B, 1, dim)
+        else:
+            x = self.image_emb(code[:, None])
+        if not self.rotary_emb:
+            table = self.image_pos_emb(x.new_empty((1, self.image_seq_len, x.shape[-1])))[0]  # (image_seq_len, dim)
+            x = x + table.index_select(0, pos - (self.text_seq_len + 1))
+        if self.stable:
+            x = x * 0.1 + x.detach() * 0.9
+        hidden = self.norm_by_max(self.transformer.step(x, pos, cache))
+        return self._logits(hidden[:, -1], "image", head)
+
+    def compiled_image_step(self, **compile_kwargs: Any):
+        """`torch.compile` of the one-position image decoding step, built on first use and kept (a plain
+        attribute: not a submodule, not saved). Every position reuses the one graph, since no shape depends on
+        it. `generate_images(compile=True)` uses it; `compile_kwargs` go to torch.compile on the first call
+        (default dynamic=False, fullgraph=True; on a GPU, mode="reduce-overhead" replays it as a CUDA graph)."""
+        compiled = self.__dict__.get("_compiled_image_step")
+        if compiled is None:
+            compiled = torch.compile(self._image_step, **{"dynamic": False, "fullgraph": True, **compile_kwargs})
+            self.__dict__["_compiled_image_step"] = compiled
+        return compiled
+
+    def _compiled_cache(self, batch: int, device: torch.device) -> KVCache:
+        """The cache the compiled step decodes into, one per (batch, device, dtype), reused by every call so
+        that its buffers keep their addresses (a CUDA graph replays on fixed addresses; new tensors would
+        make the compiler guard on them again). It is zeroed at every call."""
+        caches = self.__dict__.setdefault("_compiled_caches", {})
+        key = (batch, str(device), autocast_dtype(device.type) or self.to_logits[1].weight.dtype)
+        if key not in caches:
+            cache = self.make_cache(batch)
+            for buffer in (cache.kv, cache.shift_history):
+                if buffer is not None:
+                    torch._dynamo.mark_static_address(buffer)
+            caches[key] = cache
+        cache = caches[key]
+        cache.reset()
+        for buffer in (cache.kv, cache.shift_history):
+            if buffer is not None:
+                buffer.zero_()
+        return cache
+
+    def _logits(self, hidden: Tensor, vocab: str, packed: Optional[Tensor] = None) -> Tensor:
+        """Logits of one modality only ('text' or 'image'): the rows of the output layer for its vocabulary
+        (`packed`: those rows from `linear.pack_weight`, for sampling on the CPU)."""
         norm, proj = self.to_logits
         rows = slice(0, self.num_text_tokens) if vocab == "text" else slice(self.num_text_tokens, None)
-        return F.linear(norm(hidden), proj.weight[rows], proj.bias[rows])
+        return packed_linear(norm(hidden), proj.weight[rows], proj.bias[rows], packed)
 
     def _masked_logits(self, hidden: Tensor, start: int) -> Tensor:
         """Full-vocabulary logits, with the other modality's entries at the dtype's lowest value."""
@@ -281,8 +330,11 @@ class DALLE(PretrainedMixin, nn.Module):
         cond_scale: float = 1.0,
         use_cache: bool = False,
         generator: Optional[torch.Generator] = None,
+        compile: bool = False,
     ) -> Tensor:
         """Sample image codes (B, image_seq_len) for captions `text`; see `generate_images`."""
+        if compile and not use_cache:
+            raise ValueError("compile=True compiles the cached decoding step: pass use_cache=True too")
         text = self._check_text(text)
         batch = text.shape[0]
         codes = torch.zeros(batch, self.image_seq_len, dtype=torch.long, device=text.device)
@@ -300,11 +352,21 @@ class DALLE(PretrainedMixin, nn.Module):
             text = torch.cat((text, torch.zeros_like(text)))
             codes = torch.cat((codes, codes))
         text_ids = self._text_ids(text)
-        with torch.inference_mode():  # lighter than no_grad on the per-token path
-            cache = self.make_cache(text.shape[0]) if use_cache else None
+        step = self.compiled_image_step() if compile else self._image_step
+        rows = text.shape[0]
+        # eager decoding on the CPU: weights prepacked for oneDNN (a compiled step leaves that to the compiler)
+        packing = contextlib.nullcontext() if compile else prepacked(self.transformer, rows)
+        with torch.inference_mode(), packing:  # inference mode: lighter than no_grad; the weights cannot change
+            head = None if compile else pack_weight(self.to_logits[1].weight[self.num_text_tokens :], rows)
+            cache = None if not use_cache else self._compiled_cache(rows, text.device) if compile else self.make_cache(rows)
+            where = torch.zeros(1, dtype=torch.long, device=text.device)  # the position fed to `step`
             for pos in range(num_primed, self.image_seq_len):
-                hidden, _ = self._hidden(text_ids, codes[:, :pos], cache)
-                logits = self._logits(hidden[:, -1], "image")  # (B', num_image_tokens)
+                if not compile or pos == num_primed:  # the prefill (text and primer), or eager decoding
+                    hidden, _ = self._hidden(text_ids, codes[:, :pos], cache)
+                    logits = self._logits(hidden[:, -1], "image", head)  # (B', num_image_tokens)
+                else:  # one position, with shapes that never change (one compiled graph serves them all)
+                    logits = step(codes[:, pos - 1], where.fill_(self.text_seq_len + pos), cache, head)
+                    cache.advance(1)
                 if guided:
                     logits = classifier_free_guidance(*logits.chunk(2), cond_scale)
                 sample = sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p,
@@ -326,16 +388,20 @@ class DALLE(PretrainedMixin, nn.Module):
         use_cache: bool = False,
         top_p: Optional[float] = None,
         generator: Optional[torch.Generator] = None,
+        compile: bool = False,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """Images (B, C, H, W) in [0, 1] for captions `text` (B, <= text_seq_len); with `clip`, also its scores.
 
         filter_thres: top-k keeping the top (1 - filter_thres) of the image vocabulary; top_p: nucleus
         filtering; img: priming images whose first `num_init_img_tokens` codes (default 43.75%, the paper's
-        14 of 32 rows) are kept; cond_scale: classifier-free guidance; use_cache: incremental decoding.
+        14 of 32 rows) are kept; cond_scale: classifier-free guidance; use_cache: incremental decoding;
+        compile: run each cached decoding step through `torch.compile` (one graph for every position,
+        compiled on the first call: see `compiled_image_step`).
         """
         codes = self.generate_image_codes(
             text, filter_thres=filter_thres, temperature=temperature, top_p=top_p, img=img,
             num_init_img_tokens=num_init_img_tokens, cond_scale=cond_scale, use_cache=use_cache, generator=generator,
+            compile=compile,
         )
         images = self.vae.decode(codes)
         if clip is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from itertools import cycle, islice
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from ._utils import autocast_dtype, cast_tuple, default
 from .attention import Attention, AxialPattern, rotary_tables
 from .cache import KVCache
+from .linear import Linear
 from .masks import ATTN_TYPES, attention_mask
 
 __all__ = ["Transformer", "FeedForward", "TokenShift", "DivideMax", "dalle_rotary_table", "layer_scale_init"]
@@ -65,14 +66,14 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
         super().__init__()
-        self.proj_in = nn.Linear(dim, dim * mult * 2)
+        self.proj_in = Linear(dim, dim * mult * 2)
         self.dropout = nn.Dropout(dropout)
-        self.proj_out = nn.Linear(dim * mult, dim)
+        self.proj_out = Linear(dim * mult, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.proj_in(x)
         fused = (
-            torch.is_grad_enabled() and type(self.proj_out) is nn.Linear and h.dtype == self.proj_out.weight.dtype
+            torch.is_grad_enabled() and type(self.proj_out) in (nn.Linear, Linear) and h.dtype == self.proj_out.weight.dtype
             and (self.dropout.p == 0 or not self.training) and autocast_dtype(h.device.type) is None
         )
         if fused:  # same result, less memory kept for backward
@@ -116,11 +117,10 @@ class TokenShift(nn.Module):
         """Shift `x` (B, n, D), the positions [start, start + n); `history` (B, 1 + max_len, D) holds the
         earlier positions' inputs and receives these (needed whenever start > 0)."""
         n = x.shape[1]
+        if n == 1 and history is not None:
+            return self.step(x, start, history)
         end = start + n
         h, q = self.half, self.quarter
-        if n == 1 and history is not None:  # decoding one token: one gather from the flattened history
-            history[:, 1 + start] = x[:, 0]
-            return history.flatten(1).index_select(1, self.gather_index[start]).unsqueeze(1)
         if history is None:
             if start != 0:
                 raise ValueError("token shifting after cached positions needs their history")
@@ -136,6 +136,17 @@ class TokenShift(nn.Module):
             top = history.index_select(1, self.top_src[start + num_text : end])
             parts.append(torch.cat((top[..., :q], left[:, num_text:, q : 2 * q], x[:, num_text:, 2 * q :]), dim=-1))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def step(self, x: Tensor, pos: Union[int, Tensor], history: Tensor) -> Tensor:
+        """Shift one position `pos` (an int, or a (1,) long tensor) of `x` (B, 1, D): write it to `history`,
+        then one gather from the flattened history reads every feature it takes from its neighbours."""
+        if isinstance(pos, Tensor):  # shapes independent of the position (see Transformer.step)
+            history.index_copy_(1, pos + 1, x.to(history.dtype))
+            index = self.gather_index.index_select(0, pos)[0]
+        else:
+            history[:, 1 + pos] = x[:, 0]
+            index = self.gather_index[pos]
+        return history.flatten(1).index_select(1, index).unsqueeze(1)
 
 
 @torch.no_grad()
@@ -181,11 +192,11 @@ class Block(nn.Module):
         self.ff_norm_out = nn.LayerNorm(dim) if sandwich_norm else nn.Identity()
         self._shift = [shift]  # shared, parameter-free; kept out of the module tree
 
-    def _shifted(self, x: Tensor, start: int, history: Optional[Tensor]) -> Tensor:
+    def _shifted(self, x: Tensor, start: Union[int, Tensor], history: Optional[Tensor]) -> Tensor:
         shift = self._shift[0]
         return x if shift is None else shift(x, start=start, history=history)
 
-    def attn_branch(self, x: Tensor, start: int, mask: Optional[Tensor], rotary: Optional[Tensor],
+    def attn_branch(self, x: Tensor, start: Union[int, Tensor], mask: Optional[Tensor], rotary: Optional[Tensor],
                     cache: Optional[KVCache], index: int) -> Tensor:
         """scale * norm_out(attn(shift(norm(x))))."""
         history = cache.layer_history(index, 0) if cache is not None else None
@@ -194,7 +205,7 @@ class Block(nn.Module):
         h = self.attn(h, mask=mask, rotary=rotary, kv_cache=kv, start=start)
         return (self.attn_norm_out(h) if self.sandwich_norm else h) * self.attn_scale
 
-    def ff_branch(self, x: Tensor, start: int, cache: Optional[KVCache], index: int) -> Tensor:
+    def ff_branch(self, x: Tensor, start: Union[int, Tensor], cache: Optional[KVCache], index: int) -> Tensor:
         """scale * norm_out(ff(shift(norm(x))))."""
         history = cache.layer_history(index, 1) if cache is not None else None
         h = self._shifted(self.ff_norm(x), start, history)
@@ -324,16 +335,32 @@ class Transformer(nn.Module):
         def run(fn, *args):
             return checkpoint(fn, *args, use_reentrant=False) if use_ckpt else fn(*args)
 
+        return self._layers(x, start, masks, rotary, cache, run)
+
+    def step(self, x: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
+        """Run the one position `pos` (a (1,) long tensor) of `x` (B, 1, dim) after the cached ones, with shapes
+        that do not depend on `pos`: keys and values are written into the cache at `pos`, and attention reads
+        the whole preallocated buffer under row `pos` of each pattern's mask (unwritten slots are masked).
+
+        Equal to `forward(x, start=pos, cache=cache)`; it is the function `torch.compile` captures once for
+        every position. The caller advances `cache.offset`.
+        """
+        if not self.causal:
+            raise ValueError("step() decodes causal sequences; this transformer is not causal")
+        rotary = self.rotary.index_select(0, pos) if self.rotary_emb else None  # (1, dim_head // 2)
+        masks = {t: getattr(self, f"mask_{t}").index_select(0, pos) for t in self.attn_types}  # (1, max_len)
+        return self._layers(x, pos, masks, rotary, cache, lambda fn, *args: fn(*args))
+
+    def _layers(self, x: Tensor, start: Union[int, Tensor], masks: Dict, rotary: Optional[Tensor],
+                cache: Optional[KVCache], run: Callable) -> Tensor:
+        """The residual stack (plain or reversible) over `x`, each branch called through `run`."""
         if self.reversible:
             x1 = x2 = x
             for i, block in enumerate(self.layers):
                 x1 = x1 + run(block.attn_branch, x2, start, masks[block.attn_type], rotary, cache, i)
                 x2 = x2 + run(block.ff_branch, x1, start, cache, i)
-            x = (x1 + x2) / 2
-        else:
-            for i, block in enumerate(self.layers):
-                x = x + run(block.attn_branch, x, start, masks[block.attn_type], rotary, cache, i)
-                x = x + run(block.ff_branch, x, start, cache, i)
-        if cache is not None:
-            cache.tokens_processed += n
+            return (x1 + x2) / 2
+        for i, block in enumerate(self.layers):
+            x = x + run(block.attn_branch, x, start, masks[block.attn_type], rotary, cache, i)
+            x = x + run(block.ff_branch, x, start, cache, i)
         return x

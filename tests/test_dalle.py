@@ -90,7 +90,8 @@ def test_use_cache_gives_identical_images_with_priming(cond_scale):
 
 def _positions_per_call(dalle: DALLE, **generate_kwargs) -> List[int]:
     seen: List[int] = []
-    handle = dalle.transformer.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[1]))
+    first_attention = dalle.transformer.layers[0].attn  # every path, full or one-position, goes through it
+    handle = first_attention.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[1]))
     try:
         dalle.generate_image_codes(captions(), **generate_kwargs)
     finally:
