@@ -1,7 +1,8 @@
-"""Caption tokenizers: one contract (ids in [1, vocab_size), 0 is padding) over bytes, youtokentome and HF BPE.
+"""Caption tokenizers: one contract (ids in [1, vocab_size), 0 is padding) over bytes, words, youtokentome and HF BPE.
 
-`ByteTokenizer` (the default) needs no training and no files and covers every language; `YttmTokenizer` and
-`HugTokenizer` are trained BPE vocabularies whose packages are optional and imported only when used.
+`ByteTokenizer` (the default) needs no training and no files and covers every language; `WordTokenizer` is a
+fixed word list for small closed vocabularies; `YttmTokenizer` and `HugTokenizer` are trained BPE vocabularies
+whose packages are optional and imported only when used.
 """
 from __future__ import annotations
 
@@ -108,12 +109,15 @@ class Tokenizer(ABC):
 
     @staticmethod
     def load(path: PathLike) -> "Tokenizer":
-        """Rebuild a saved tokenizer of any kind: ByteTokenizer marker, HF tokenizer.json or youtokentome model."""
+        """Rebuild a saved tokenizer of any kind: Byte/WordTokenizer JSON, HF tokenizer.json or youtokentome model."""
         text = _existing(path, "tokenizer file").read_text(encoding="utf-8")
         if not text.lstrip().startswith("{"):
             return YttmTokenizer(path)
-        if json.loads(text).get("dalle_core_tokenizer") == "ByteTokenizer":
+        saved = json.loads(text)
+        if saved.get("dalle_core_tokenizer") == "ByteTokenizer":
             return ByteTokenizer()
+        if saved.get("dalle_core_tokenizer") == "WordTokenizer":
+            return WordTokenizer(saved["words"])
         return HugTokenizer(path)
 
     def __repr__(self) -> str:
@@ -144,6 +148,68 @@ class ByteTokenizer(Tokenizer):
     def save(self, path: PathLike) -> None:
         """Write a small JSON marker; there is nothing else to store."""
         Path(path).write_text(json.dumps({"dalle_core_tokenizer": "ByteTokenizer"}) + "\n", encoding="utf-8")
+
+
+class WordTokenizer(Tokenizer):
+    """Whole words and punctuation marks as tokens, from a fixed vocabulary: no files, no dependencies.
+
+    For small closed-vocabulary caption sets (the built-in shapes data), where one token per word makes the
+    text a quarter of its byte length. Ids: 0 padding, 1 <unk> (any word outside the vocabulary), then the
+    vocabulary in the order given. A caption splits into words (runs of letters, digits, ' and -) and single
+    punctuation marks; `decode` joins them with one space and none before , . ; : ! ?, so captions written
+    that way round-trip exactly and other spacing is normalised.
+    """
+
+    UNK_ID = 1
+    UNK_TEXT = "<unk>"
+    _PIECE = re.compile(r"[\w'-]+|[^\w\s]")
+    _NO_SPACE_BEFORE = frozenset(",.;:!?")
+
+    def __init__(self, words: Sequence[str]) -> None:
+        words = _check_texts(list(words) if not isinstance(words, str) else words)
+        bad = [w for w in words if self._PIECE.fullmatch(w) is None]
+        if bad or len(set(words)) != len(words):
+            raise ValueError(f"vocabulary words must be distinct single words or punctuation marks, got "
+                             f"{bad[:5] if bad else 'duplicates'}")
+        self.words: List[str] = list(words)
+        self._ids = {w: i + 2 for i, w in enumerate(self.words)}
+
+    @classmethod
+    def train(cls, texts_or_file: Corpus, vocab_size: Union[int, None] = None) -> "WordTokenizer":
+        """The vocabulary of a corpus (an iterable of str, or a text file path): its most frequent pieces
+        first (ties alphabetical), at most `vocab_size - 2` of them."""
+        counts: dict = {}
+        for text in _iter_corpus(texts_or_file):
+            for piece in cls._PIECE.findall(text):
+                counts[piece] = counts.get(piece, 0) + 1
+        if not counts:
+            raise ValueError("cannot train a tokenizer on an empty corpus")
+        words = sorted(counts, key=lambda w: (-counts[w], w))
+        if vocab_size is not None:
+            if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 3:
+                raise ValueError(f"vocab_size must be an int >= 3 (padding, <unk>, one word), got {vocab_size!r}")
+            words = words[: vocab_size - 2]
+        return cls(words)
+
+    @property
+    def vocab_size(self) -> int:
+        """Padding, <unk> and the words."""
+        return len(self.words) + 2
+
+    def _encode_batch(self, texts: List[str], dropout_prob: float) -> List[List[int]]:
+        return [[self._ids.get(p, self.UNK_ID) for p in self._PIECE.findall(text)] for text in texts]
+
+    def _decode(self, ids: List[int]) -> str:
+        out = ""
+        for i in ids:
+            piece = self.UNK_TEXT if i == self.UNK_ID else self.words[i - 2]
+            out += piece if not out or piece in self._NO_SPACE_BEFORE else " " + piece
+        return out
+
+    def save(self, path: PathLike) -> None:
+        """Write the vocabulary as JSON."""
+        Path(path).write_text(json.dumps({"dalle_core_tokenizer": "WordTokenizer", "words": self.words}) + "\n",
+                              encoding="utf-8")
 
 
 # youtokentome splits words on C isspace (" \t\n\v\f\r" in a UTF-8 or C locale) and on its word marker U+2581.

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dalle_core.tokenizers import (
-    HF_INSTALL, YTTM_INSTALL, ByteTokenizer, HugTokenizer, Tokenizer, YttmTokenizer, default_tokenizer,
+    HF_INSTALL, YTTM_INSTALL, ByteTokenizer, HugTokenizer, Tokenizer, WordTokenizer, YttmTokenizer, default_tokenizer,
 )
 
 EXAMPLES = [
@@ -336,3 +336,48 @@ def test_dalle_generate_texts_works_with_each_tokenizer(tokenizer):
     assert ((tokens >= 0) & (tokens < tokenizer.vocab_size)).all()
     # the generated ids feed straight back into the model as a caption
     assert dalle(tokens).shape[-1] == dalle.total_tokens
+
+
+# --- WordTokenizer: a fixed vocabulary of words ----------------------------------------------------------------
+
+WORD_CORPUS = ["a red circle on the left", "at the top, a blue square", "a picture of an orange cross", "two-tone it's"]
+
+
+def test_word_tokenizer_round_trips_captions_of_its_vocabulary():
+    tok = WordTokenizer.train(WORD_CORPUS)
+    for caption in WORD_CORPUS + ["a blue circle, on the top", "left, left, left"]:
+        ids = tok.encode(caption)
+        assert len(ids) == len(re.findall(r"[\w'-]+|[^\w\s]", caption))  # one id per word or mark
+        assert all(2 <= i < tok.vocab_size for i in ids) and tok.decode(ids) == caption
+
+
+def test_word_tokenizer_maps_unknown_words_to_unk_and_normalises_spacing():
+    tok = WordTokenizer(["a", "red", ","])
+    assert tok.vocab_size == 5 and tok.encode("a  green red ,") == [2, 1, 3, 4]
+    assert tok.decode(tok.encode("a  green red ,")) == "a <unk> red,"
+
+
+def test_word_tokenizer_vocabulary_is_most_frequent_first_and_capped():
+    tok = WordTokenizer.train(["b a a", "c a b"], vocab_size=4)
+    assert tok.words == ["a", "b"] and tok.vocab_size == 4 and tok.encode("c") == [WordTokenizer.UNK_ID]
+
+
+def test_word_tokenizer_pads_saves_and_loads(tmp_path):
+    tok = WordTokenizer.train(WORD_CORPUS)
+    batch = tok.tokenize(WORD_CORPUS, context_length=9)
+    assert batch.shape == (4, 9) and batch[0, 6:].eq(0).all() and batch[0, :6].gt(0).all()
+    tok.save(tmp_path / "tokenizer.json")
+    loaded = Tokenizer.load(tmp_path / "tokenizer.json")
+    assert isinstance(loaded, WordTokenizer) and torch.equal(loaded.tokenize(WORD_CORPUS, 9), batch)
+    assert loaded.decode(batch[1]) == WORD_CORPUS[1]
+
+
+@pytest.mark.parametrize("words, message", [(["a", "a"], "distinct"), (["two words"], "single words"),
+                                            ([""], "single words")])
+def test_word_tokenizer_rejects_bad_vocabularies(words, message):
+    with pytest.raises(ValueError, match=message):
+        WordTokenizer(words)
+    with pytest.raises(ValueError, match="empty corpus"):
+        WordTokenizer.train([])
+    with pytest.raises(ValueError, match="vocab_size"):
+        WordTokenizer.train(WORD_CORPUS, vocab_size=2)
