@@ -45,10 +45,11 @@ DESCRIPTIONS = {
     "gen_use_cache": "generate 4 images, generate_images(use_cache=True)",
     "gen_cache_hand": "generate 4 images; ref: forward + cache dict by hand (its fastest path)",
     "gen_cond3": "generate 4 images, use_cache=True, cond_scale=3",
+    "gen_compile": "generate 4 images; ours: use_cache=True, compile=True (compiled in the warm-up); ref: as gen_cache_hand",
 }
 # Default timed repeats (per process) and warm-up calls, per workload; (impl, workload) overrides.
 DEFAULT_REPEATS = {"train_full": 5, "train_sparse": 5, "train_paper": 2, "train_paper_saver": 2,
-                   "gen_use_cache": 3, "gen_cache_hand": 3, "gen_cond3": 3}
+                   "gen_use_cache": 3, "gen_cache_hand": 3, "gen_cond3": 3, "gen_compile": 3}
 SLOW = {("ref", "gen_use_cache")}  # dalle-pytorch drops the cache when cond_scale == 1: ~20 s a call
 
 
@@ -215,6 +216,11 @@ def headline(summary: Dict) -> List[str]:
                      f"**{c3 / c1:.2f}x** the time (both branches run as one batch of 8; the cond_scale=1 "
                      f"median pools our `gen_use_cache` and `gen_cache_hand` runs, the same call)")
     speed("Generate 4 images with cond_scale=3", get("gen_cond3", "ours"), get("gen_cond3", "ref"))
+    speed("Generate 4 images, ours with compile=True (after compiling) vs reference forward + cache by hand",
+          get("gen_compile", "ours"), get("gen_compile", "ref"))
+    warm = summary.get("_ours_compile_warmup", [])
+    if warm:
+        lines.append(f"- Compiling (the first compile=True call, per process): median {median(warm):.1f} s")
     return lines
 
 
@@ -265,7 +271,9 @@ def markdown(meta: Dict, summary: Dict, flops: Dict, plan: Dict) -> str:
         out.append("| " + " | ".join(cells) + " |")
     cond1 = [t for name in ("gen_use_cache", "gen_cache_hand") for r in meta["runs"].get(name, {}).get("ours", [])
              if "error" not in r for t in r["times"]]
-    lines = headline(dict(summary, _ours_cond1_times=cond1))
+    compile_warmup = [r["warmup_times"][0] for r in meta["runs"].get("gen_compile", {}).get("ours", [])
+                      if "error" not in r and r.get("warmup_times")]
+    lines = headline(dict(summary, _ours_cond1_times=cond1, _ours_compile_warmup=compile_warmup))
     if lines:
         out += ["", "## Comparisons", ""] + lines
     errors = [f"- `{name}` {impl}: {e}" for name, row in summary.items() for impl, s in row.items()

@@ -37,6 +37,8 @@ WORKLOADS = {
     "gen_use_cache": (BENCH, BENCH_VAE, 4, "generate", dict(cond_scale=1.0)),
     "gen_cache_hand": (BENCH, BENCH_VAE, 4, "generate_hand", dict(cond_scale=1.0)),
     "gen_cond3": (BENCH, BENCH_VAE, 4, "generate", dict(cond_scale=3.0)),
+    # ours through torch.compile (compiled in the warm-up call, timed after); the reference as in gen_cache_hand
+    "gen_compile": (BENCH, BENCH_VAE, 4, "generate_hand", dict(cond_scale=1.0, compile=True)),
 }
 
 
@@ -89,21 +91,25 @@ def run(impl: str, name: str, repeats: int, warmup: int) -> dict:
         dalle.eval()
         if impl == "ours":
             def step():
-                dalle.generate_images(text, filter_thres=0.9, use_cache=True)
+                dalle.generate_images(text, filter_thres=0.9, use_cache=True, compile=extra.get("compile", False))
         else:
             def step():
                 with torch.no_grad():
                     ref_hand_cached_generation(dalle, text, 0.9)
 
+    warmup_times = []
     for _ in range(warmup):
+        t0 = time.perf_counter()
         step()
+        warmup_times.append(time.perf_counter() - t0)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"impl": impl, "workload": name, "times": times, "warmup": warmup, "peak_rss_mb": peak_mb,
+    return {"impl": impl, "workload": name, "times": times, "warmup": warmup, "warmup_times": warmup_times,
+            "peak_rss_mb": peak_mb,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
 
 

@@ -352,19 +352,21 @@ class DALLE(PretrainedMixin, nn.Module):
             text = torch.cat((text, torch.zeros_like(text)))
             codes = torch.cat((codes, codes))
         text_ids = self._text_ids(text)
-        step = self.compiled_image_step() if compile else self._image_step
+        step = self.compiled_image_step() if compile else None
         rows = text.shape[0]
         # eager decoding on the CPU: weights prepacked for oneDNN (a compiled step leaves that to the compiler)
         packing = contextlib.nullcontext() if compile else prepacked(self.transformer, rows)
         with torch.inference_mode(), packing:  # inference mode: lighter than no_grad; the weights cannot change
             head = None if compile else pack_weight(self.to_logits[1].weight[self.num_text_tokens :], rows)
-            cache = None if not use_cache else self._compiled_cache(rows, text.device) if compile else self.make_cache(rows)
+            cache = None
+            if use_cache:
+                cache = self._compiled_cache(rows, text.device) if compile else self.make_cache(rows)
             where = torch.zeros(1, dtype=torch.long, device=text.device)  # the position fed to `step`
             for pos in range(num_primed, self.image_seq_len):
                 if not compile or pos == num_primed:  # the prefill (text and primer), or eager decoding
                     hidden, _ = self._hidden(text_ids, codes[:, :pos], cache)
                     logits = self._logits(hidden[:, -1], "image", head)  # (B', num_image_tokens)
-                else:  # one position, with shapes that never change (one compiled graph serves them all)
+                else:  # compiled: one position, with shapes that never change (one graph serves them all)
                     logits = step(codes[:, pos - 1], where.fill_(self.text_seq_len + pos), cache, head)
                     cache.advance(1)
                 if guided:
