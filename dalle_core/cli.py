@@ -1,4 +1,4 @@
-"""The `dalle-core` command: train-vae, train-dalle, train-clip and generate (also `python -m dalle_core`).
+"""The `dalle-core` command: demo, train-vae, train-dalle, train-clip and generate (also `python -m dalle_core`).
 
 Training flags are the fields of the trainers' config dataclasses (`dalle-core train-vae --help` lists them
 with their defaults). Multi-GPU and multi-node runs use the same command under `accelerate launch`:
@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_arguments(p, _trainer_class(name).config_class)
         p.set_defaults(run=_train)
 
+    from . import demo
+
+    d = sub.add_parser("demo", help="train dVAE, DALLE and CLIP on the built-in shapes data and score them",
+                       description=demo.__doc__.split("\n")[0])
+    demo.add_arguments(d)
+    d.set_defaults(run=lambda args: _demo(d, args))
+
     g = sub.add_parser("generate", help="generate images from captions with a trained DALLE",
                        description="Generate images for each prompt; writes one folder of PNGs and a grid per prompt.")
     g.add_argument("prompts", nargs="*", help="captions to draw")
@@ -67,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     g.add_argument("--no-cache", action="store_true", help="recompute every position instead of a KV cache")
+    g.add_argument("--compile", action="store_true",
+                   help="decode through torch.compile (one graph for every position; pays off on a GPU)")
     g.set_defaults(run=_generate)
     return parser
 
@@ -148,7 +157,7 @@ def _generate(args: argparse.Namespace) -> int:
                     text.expand(b, -1), filter_thres=filter_thres, top_p=args.top_p, temperature=args.temperature,
                     cond_scale=args.cond_scale, img=None if primer is None else primer.expand(b, -1, -1, -1),
                     num_init_img_tokens=args.num_init_img_tokens, use_cache=not args.no_cache,
-                    generator=generator).float())
+                    compile=args.compile, generator=generator).float())
         images = torch.cat(chunks)  # (num_images, C, H, W)
         scores = None
         if clip is not None:
@@ -166,6 +175,13 @@ def _generate(args: argparse.Namespace) -> int:
         info = {"prompt": prompt, "images": [f"{j:03d}.png" for j in range(len(images))], "clip_scores": scores}
         (folder / "prompt.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         print(f"{prompt!r}: {len(images)} images in {folder}")
+    return 0
+
+
+def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from . import demo
+
+    demo.run_from_args(demo.check_arguments(parser, args))
     return 0
 
 
