@@ -1,12 +1,12 @@
 """The demo: dVAE -> DALLE -> CLIP trained on the built-in shapes data on a CPU in about ten minutes, then scored.
 
-    python -m dalle_core.demo [--out outputs/demo] [--quick] [--steps-scale 2] [--image-size 64]
+    dalle-core demo [--out outputs/demo] [--quick] [--steps-scale 2] [--image-size 64]   (or python -m dalle_core.demo)
 
 It renders captioned shapes (`dalle_core.shapes`), trains the three models with plain AdamW loops, generates
 images for captions of seen colour-shape pairs and of held-out pairs never shown in training (plain sampling,
-classifier-free guidance, CLIP best-of-4), asks the shapes checker whether each image shows its caption, and
-writes to --out: reconstructions.png, generations_seen.png, generations_heldout.png, losses.png and
-summary.json (also printed).
+classifier-free guidance, CLIP best-of-4, both), asks the shapes checker whether each image shows its caption,
+and writes to --out: reconstructions.png, generations_seen.png, generations_heldout.png, losses.png,
+losses.json, summary.json (also printed) and the trained models in models/ (for `dalle-core generate`).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from . import shapes
 from .clip import CLIP
+from .data.images import to_pil
 from .dalle import DALLE
 from .vae import DiscreteVAE, codebook_usage
 
@@ -167,10 +168,9 @@ def score(captions: Sequence[str], images: Tensor) -> Dict[str, float]:
 
 # --- pictures ------------------------------------------------------------------------------------------------------
 
-def to_pil(image: Tensor, scale: int) -> Image.Image:
+def upscaled(image: Tensor, scale: int) -> Image.Image:
     """A (3, S, S) tensor in [0, 1] as a PIL image, upscaled `scale` times with nearest neighbours."""
-    arr = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).contiguous()
-    img = Image.frombytes("RGB", (arr.shape[1], arr.shape[0]), bytes(arr.flatten().tolist()))
+    img = to_pil(image)
     return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
 
 
@@ -189,7 +189,7 @@ def save_grid(path: Path, columns: Sequence[str], rows: Sequence[tuple], cell: i
         draw.text((6, y + cell // 2 - 6), label, fill="black", font=font)
         for j, image in enumerate(images):
             x = label_w + j * (cell + pad) + pad
-            canvas.paste(to_pil(image, max(1, cell // image.shape[-1])).resize((cell, cell)), (x, y))
+            canvas.paste(upscaled(image, max(1, cell // image.shape[-1])).resize((cell, cell)), (x, y))
             if verdicts is not None and verdicts[j] is not None:
                 draw.rectangle((x - 2, y - 2, x + cell + 1, y + cell + 1), outline=(0, 160, 0) if verdicts[j] else (210, 0, 0), width=2)
     canvas.save(path)
@@ -217,8 +217,8 @@ def plot_losses(path: Path, curves: Dict[str, List[float]], size: tuple = (300, 
         draw.line([xy(i, v) for i, v in enumerate(smooth)], fill=(20, 60, 200), width=2)
         draw.text((x0, 4), f"{name} loss (log scale)", fill="black", font=font)
         draw.text((x1 - 60, 4), f"end {10 ** smooth[-1]:.3g}", fill="black", font=font)
-        draw.text((2, y0), f"{10 ** hi:.2g}", fill="black", font=font)
-        draw.text((2, y1 - 10), f"{10 ** lo:.2g}", fill="black", font=font)
+        draw.text((k * w + 2, y0), f"{10 ** hi:.2g}", fill="black", font=font)
+        draw.text((k * w + 2, y1 - 10), f"{10 ** lo:.2g}", fill="black", font=font)
         draw.text((x0, y1 + 5), "step 0", fill="black", font=font)
         draw.text((x1 - 50, y1 + 5), f"{len(logs)}", fill="black", font=font)
     canvas.save(path)
@@ -299,6 +299,7 @@ def run(cfg: DemoConfig, out: Path) -> dict:
         headers = [COLUMNS[s].format(scale=cfg.cond_scale, n=cfg.candidates) for s in SETTINGS]
         save_grid(out / f"generations_{split}.png", ["render", *headers], rows)
     plot_losses(out / "losses.png", curves)
+    (out / "losses.json").write_text(json.dumps(curves) + "\n")  # every step's loss, to plot otherwise
     lap("pictures")
 
     summary = {
@@ -315,7 +316,7 @@ def run(cfg: DemoConfig, out: Path) -> dict:
     measured = {f"{s}/{k}/colour_and_shape": results[s][k]["colour_and_shape"] for s in results for k in results[s]}
     measured["vae/codebook_usage"] = usage.usage
     summary["targets"] = {k: {"target": t, "measured": measured[k], "met": measured[k] >= t} for k, t in TARGETS.items()}
-    summary["files"] = sorted(p.name for p in out.iterdir() if p.suffix == ".png") + ["summary.json"]
+    summary["files"] = sorted(p.name for p in out.iterdir() if p.suffix == ".png") + ["losses.json", "summary.json"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -325,10 +326,10 @@ def format_summary(summary: dict) -> str:
     lines = [f"dVAE codebook usage {summary['vae']['codebook_usage']:.0%} (perplexity "
              f"{summary['vae']['perplexity']:.0f} of {summary['vae']['num_tokens']}); reconstructions pass the checker "
              f"{summary['vae']['reconstructions_checker']['colour_and_shape']:.1%}",
-             f"{'prompts':<8} {'setting':<15} {'colour+shape':>12} {'all named':>10}   (n per cell)"]
+             f"{'prompts':<8} {'setting':<22} {'colour+shape':>12} {'all named':>10}   (n per cell)"]
     for split, settings in summary["results"].items():
         for setting, r in settings.items():
-            lines.append(f"{split:<8} {setting:<15} {r['colour_and_shape']:>12.1%} {r['all_attributes']:>10.1%}   ({r['n']})")
+            lines.append(f"{split:<8} {setting:<22} {r['colour_and_shape']:>12.1%} {r['all_attributes']:>10.1%}   ({r['n']})")
     met = [f"{k} {v['measured']:.1%} {'>=' if v['met'] else '<'} {v['target']:.0%}" for k, v in summary["targets"].items()]
     lines.append("targets: " + "; ".join(met))
     lines.append(f"time: {summary['seconds']} on {summary['threads']} threads")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
@@ -24,12 +25,13 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .data._common import mix_seed, tokenize_caption
+from .data._common import PathLike, mix_seed, tokenize_caption
+from .data.images import to_pil
 from .tokenizers import Tokenizer, WordTokenizer, default_tokenizer
 
 __all__ = ["COLOURS", "SHAPES", "SIZES", "POSITIONS", "RELATIONS", "HELDOUT_PAIRS", "ShapeObject", "Scene",
            "CheckResult", "ShapesDataset", "colour_shape_pairs", "random_scene", "render", "make_sample",
-           "parse_caption", "check", "caption_length_bound", "MAX_CAPTION_LEN", "word_tokenizer"]
+           "parse_caption", "check", "caption_length_bound", "MAX_CAPTION_LEN", "word_tokenizer", "write_folder"]
 
 COLOURS: Dict[str, Tuple[int, int, int]] = {  # name -> RGB, far apart as tints of white (see _colour_labels)
     "red": (220, 30, 30), "orange": (250, 140, 0), "yellow": (235, 205, 0),
@@ -231,6 +233,20 @@ def caption_length_bound(relations: bool = True, tokenizer: Optional[Tokenizer] 
 
 
 MAX_CAPTION_LEN = caption_length_bound()
+
+
+def write_folder(folder: PathLike, length: int, *, image_size: int = 64, split: str = "train", seed: int = 0,
+                 relation_prob: float = 0.0) -> Path:
+    """Write `length` samples as a captioned image folder (00000.png + 00000.txt, ...), the layout
+    `TextImageDataset` and `dalle-core train-*` read; returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = ShapesDataset(length, image_size=image_size, split=split, seed=seed, relation_prob=relation_prob)
+    for i in range(length):
+        caption, image = ds.sample(i)
+        to_pil(image).save(folder / f"{i:05d}.png")
+        (folder / f"{i:05d}.txt").write_text(caption + "\n", encoding="utf-8")
+    return folder
 
 
 def word_tokenizer() -> WordTokenizer:

@@ -16,8 +16,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from dalle_core import DALLE, DiscreteVAE
-from dalle_core.data import TextImageDataset
-from dalle_core.shapes import ShapesDataset
+from dalle_core.data import TextImageDataset, to_pil
+from dalle_core.shapes import write_folder
 from dalle_core.tokenizers import ByteTokenizer, Tokenizer
 
 parser = argparse.ArgumentParser()
@@ -36,20 +36,10 @@ args = parser.parse_args()
 torch.manual_seed(0)
 
 
-def to_pil(image):
-    return Image.fromarray((image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy())
-
-
 # %% Data: image + caption pairs; without a folder, render shapes first
 folder = args.folder
 if folder is None:
-    folder = args.out / "images"
-    folder.mkdir(parents=True, exist_ok=True)
-    shapes = ShapesDataset(args.num_images, image_size=64)
-    for i in range(args.num_images):
-        caption, image = shapes.sample(i)
-        to_pil(image).save(folder / f"{i:05d}.png")
-        (folder / f"{i:05d}.txt").write_text(caption + "\n")
+    folder = write_folder(args.out / "images", args.num_images, image_size=64)
 
 vae = DiscreteVAE.from_pretrained(args.vae) if args.vae else None
 tokenizer = ByteTokenizer()  # UTF-8 bytes: any caption, nothing to train (a trained BPE makes shorter sequences)

@@ -16,9 +16,8 @@ import torch
 from PIL import Image
 
 from dalle_core import DiscreteVAE
-from dalle_core.data import load_image
-from dalle_core.data.images import IMAGE_EXTENSIONS
-from dalle_core.shapes import ShapesDataset
+from dalle_core.data import IMAGE_EXTENSIONS, load_image, to_pil
+from dalle_core.shapes import write_folder
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--folder", type=Path, help="images to train on (default: render shapes into OUT/images)")
@@ -34,20 +33,10 @@ args = parser.parse_args()
 torch.manual_seed(0)
 
 
-def to_pil(image):
-    return Image.fromarray((image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy())
-
-
 # %% Data: any folder of images; without one, render shapes first
 folder = args.folder
 if folder is None:
-    folder = args.out / "images"
-    folder.mkdir(parents=True, exist_ok=True)
-    shapes = ShapesDataset(args.num_images, image_size=64)
-    for i in range(args.num_images):
-        caption, image = shapes.sample(i)
-        to_pil(image).save(folder / f"{i:05d}.png")
-        (folder / f"{i:05d}.txt").write_text(caption + "\n")  # unused here; train_dalle.py reads them
+    folder = write_folder(args.out / "images", args.num_images, image_size=64)  # captions too: train_dalle.py reads them
 paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
 if not paths:
     raise SystemExit(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {folder}")

@@ -162,3 +162,17 @@ def test_parse_caption_and_check_reject_bad_input():
         parse_caption(3)
     with pytest.raises(ValueError, match=r"\(3, S, S\)"):
         check("a red circle", torch.ones(1, 3, 32, 32))
+
+
+def test_write_folder_writes_captioned_images_that_text_image_dataset_reads(tmp_path):
+    from dalle_core.data import TextImageDataset
+
+    folder = shapes.write_folder(tmp_path / "shapes", 6, image_size=32, seed=2)
+    assert sorted(p.name for p in folder.iterdir())[:2] == ["00000.png", "00000.txt"]
+    ds = TextImageDataset(folder, text_len=shapes.MAX_CAPTION_LEN, image_size=32, resize_ratio=1.0)
+    assert len(ds) == 6 and not ds.skipped
+    caption, image = ShapesDataset(6, image_size=32, seed=2).sample(3)
+    assert (folder / "00003.txt").read_text().strip() == caption
+    text, loaded = ds[3]
+    assert ByteTokenizer().decode(text) == caption
+    assert (loaded - image).abs().max() <= 1 / 255 + 1e-6  # PNG keeps 8 bits

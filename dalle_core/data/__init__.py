@@ -1,6 +1,6 @@
-"""Training data: caption/image pairs from a folder (`TextImageDataset`) or from WebDataset tar shards."""
+"""Training data: caption/image pairs from a folder (`TextImageDataset`) or from WebDataset tar shards; image I/O."""
 from .folder import TextImageDataset, index_folder
-from .images import load_image, random_crop_box, random_resized_crop
+from .images import IMAGE_EXTENSIONS, load_image, random_crop_box, random_resized_crop, save_image_grid, to_pil
 from .shards import WebTextImageDataset, expand_urls, write_shards
 
 __all__ = [
@@ -12,4 +12,7 @@ __all__ = [
     "load_image",
     "random_resized_crop",
     "random_crop_box",
+    "to_pil",
+    "save_image_grid",
+    "IMAGE_EXTENSIONS",
 ]

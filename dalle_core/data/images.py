@@ -1,4 +1,4 @@
-"""Image decoding for training: any Pillow mode to a float (C, H, W) tensor in [0, 1], with a random resized crop.
+"""Image I/O: any Pillow mode to a float (C, H, W) tensor in [0, 1] (with a random resized crop), and back to PNG.
 
 Modes: RGB as is; L, P, CMYK, ... converted to RGB; alpha (RGBA, LA, PA, a palette or grayscale with a
 transparent colour) kept as RGBA when `transparent`, else composited onto white (dropping alpha would show
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import math
-from typing import BinaryIO, Optional, Tuple, Union
+from pathlib import Path
+from typing import BinaryIO, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, ImageOps
@@ -103,3 +104,34 @@ def load_image(source: Union[PathLike, bytes, BinaryIO], image_size: int, *, res
         img = prepare_mode(img, transparent)
     img = random_resized_crop(img, image_size, (resize_ratio, 1.0), (1.0, 1.0), generator)
     return to_tensor(img, transparent)
+
+
+# --- writing -------------------------------------------------------------------------------------------------
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """A (C, H, W) float image in [0, 1] (C = 1, 3 or 4) as a PIL image."""
+    if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
+        raise ValueError(f"expected an image (C, H, W) with C in (1, 3, 4), got shape {tuple(image.shape)}")
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu()  # (H, W, C)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[pixels.shape[2]]
+    return Image.fromarray(pixels.squeeze(2).numpy() if mode == "L" else pixels.numpy(), mode)
+
+
+def save_image_grid(images: Union[Tensor, Sequence[Tensor]], path: Union[str, Path], nrow: Optional[int] = None,
+                    padding: int = 2) -> Path:
+    """Save images (N, C, H, W) in [0, 1] as one PNG, `nrow` per row (default: a square-ish grid)."""
+    images = torch.stack(list(images)) if not isinstance(images, Tensor) else images
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"expected images (N, C, H, W) with N >= 1, got shape {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = images.new_ones(c, rows * (h + padding) + padding, nrow * (w + padding) + padding)  # white background
+    for i, image in enumerate(images):
+        top, left = padding + (i // nrow) * (h + padding), padding + (i % nrow) * (w + padding)
+        grid[:, top:top + h, left:left + w] = image
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(grid).save(path)
+    return path

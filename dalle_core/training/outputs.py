@@ -5,15 +5,15 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import math
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
-from PIL import Image
 from torch import Tensor, nn
+
+from ..data.images import save_image_grid, to_pil  # noqa: F401 - where the trainers and the CLI take them
 
 __all__ = ["MetricsLog", "truncate_metrics", "to_pil", "save_image_grid", "record_sample_ids", "weight_checksum",
            "METRICS_NAME", "SAMPLE_IDS_NAME"]
@@ -109,37 +109,6 @@ def truncate_metrics(out: Union[str, Path], step: int, name: str = METRICS_NAME)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)
-
-
-# --- images -------------------------------------------------------------------------------------------------
-
-
-def to_pil(image: Tensor) -> Image.Image:
-    """A (C, H, W) float image in [0, 1] (C = 1, 3 or 4) as a PIL image."""
-    if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
-        raise ValueError(f"expected an image (C, H, W) with C in (1, 3, 4), got shape {tuple(image.shape)}")
-    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu()  # (H, W, C)
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[pixels.shape[2]]
-    return Image.fromarray(pixels.squeeze(2).numpy() if mode == "L" else pixels.numpy(), mode)
-
-
-def save_image_grid(images: Union[Tensor, Sequence[Tensor]], path: Union[str, Path], nrow: Optional[int] = None,
-                    padding: int = 2) -> Path:
-    """Save images (N, C, H, W) in [0, 1] as one PNG, `nrow` per row (default: a square-ish grid)."""
-    images = torch.stack(list(images)) if not isinstance(images, Tensor) else images
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"expected images (N, C, H, W) with N >= 1, got shape {tuple(images.shape)}")
-    n, c, h, w = images.shape
-    nrow = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / nrow)
-    grid = images.new_ones(c, rows * (h + padding) + padding, nrow * (w + padding) + padding)  # white background
-    for i, image in enumerate(images):
-        top, left = padding + (i // nrow) * (h + padding), padding + (i % nrow) * (w + padding)
-        grid[:, top:top + h, left:left + w] = image
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    to_pil(grid).save(path)
-    return path
 
 
 # --- debug records --------------------------------------------------------------------------------------------
