@@ -74,7 +74,14 @@ class KVCache:
         self.offset += n
         self.tokens_processed += n
 
-    def reset(self) -> None:
-        """Forget every position (the buffers are reused)."""
+    def buffers(self) -> List[Tensor]:
+        """The preallocated tensors: keys and values, and the token-shift history when there is one."""
+        return [self.kv] if self.shift_history is None else [self.kv, self.shift_history]
+
+    def reset(self, zero: bool = False) -> None:
+        """Forget every position (the buffers are reused; `zero` also clears their contents)."""
         self.offset = 0
         self.tokens_processed = 0
+        if zero:
+            for buffer in self.buffers():
+                buffer.zero_()

@@ -143,25 +143,38 @@ class DALLE(PretrainedMixin, nn.Module):
 
     # --- the network ----------------------------------------------------------------------------------
 
+    def _embedding_weight(self, vocab: str) -> Tensor:
+        """The input embedding table of one modality ('text' or 'image'), shared with the output layer's rows
+        with `share_input_output_emb`."""
+        if self.share_input_output_emb:
+            rows = slice(0, self.num_text_tokens) if vocab == "text" else slice(self.num_text_tokens, None)
+            return self.to_logits[1].weight[rows]
+        return self.text_emb.weight if vocab == "text" else self.image_emb.weight
+
+    def _image_positions(self, like: Tensor) -> Tensor:
+        """Absolute (axial) positional embeddings of every image position, (1, image_seq_len, dim)."""
+        return self.image_pos_emb(like.new_empty((1, self.image_seq_len, like.shape[-1])))
+
+    def _stabilized(self, tokens: Tensor) -> Tensor:
+        """DALLE-pytorch's `stable` trick: the same values, a tenth of the gradient into the embeddings."""
+        return tokens * 0.1 + tokens.detach() * 0.9 if self.stable else tokens
+
     def _embed(self, text_ids: Tensor, codes: Optional[Tensor], start: int) -> Tensor:
         """Embeddings of positions [start, n) of [text_ids ; codes] (positional embeddings included)."""
         t1 = text_ids.shape[1]
         parts = []
         if start < t1:
             ids = text_ids[:, start:]
-            weight = self.to_logits[1].weight[: self.num_text_tokens] if self.share_input_output_emb else self.text_emb.weight
-            emb = F.embedding(ids, weight)
+            emb = F.embedding(ids, self._embedding_weight("text"))
             if not self.rotary_emb:
                 emb = emb + self.text_pos_emb(torch.arange(start, t1, device=ids.device))
             parts.append(emb)
         if codes is not None and codes.shape[1] > 0 and start < t1 + codes.shape[1]:
             first = max(start - t1, 0)
             ids = codes[:, first:]
-            weight = self.to_logits[1].weight[self.num_text_tokens :] if self.share_input_output_emb else self.image_emb.weight
-            emb = F.embedding(ids, weight)
+            emb = F.embedding(ids, self._embedding_weight("image"))
             if not self.rotary_emb:
-                pos = self.image_pos_emb(emb.new_empty((1, codes.shape[1], emb.shape[-1])))
-                emb = emb + pos[:, first:]
+                emb = emb + self._image_positions(emb)[:, first : codes.shape[1]]
             parts.append(emb)
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
@@ -178,9 +191,7 @@ class DALLE(PretrainedMixin, nn.Module):
             start = cache.offset
             if start >= n:
                 raise ValueError(f"the cache already holds {start} positions; the input has only {n}")
-        tokens = self._embed(text_ids, codes, start)
-        if self.stable:
-            tokens = tokens * 0.1 + tokens.detach() * 0.9
+        tokens = self._stabilized(self._embed(text_ids, codes, start))
         out = self.transformer(tokens, start=start, cache=cache)
         if cache is not None:
             cache.advance(n - start)
@@ -190,16 +201,10 @@ class DALLE(PretrainedMixin, nn.Module):
         """Image logits (B, num_image_tokens) for the next position after feeding image code `code` (B,) at
         sequence position `pos` (a (1,) long tensor); static shapes, see `Transformer.step`. `head`: the image
         rows of the output layer, packed. The caller advances the cache."""
-        if self.share_input_output_emb:
-            x = F.embedding(code[:, None], self.to_logits[1].weight[self.num_text_tokens :])  # (B, 1, dim)
-        else:
-            x = self.image_emb(code[:, None])
+        x = F.embedding(code[:, None], self._embedding_weight("image"))  # (B, 1, dim)
         if not self.rotary_emb:
-            table = self.image_pos_emb(x.new_empty((1, self.image_seq_len, x.shape[-1])))[0]  # (image_seq_len, dim)
-            x = x + table.index_select(0, pos - (self.text_seq_len + 1))
-        if self.stable:
-            x = x * 0.1 + x.detach() * 0.9
-        hidden = self.norm_by_max(self.transformer.step(x, pos, cache))
+            x = x + self._image_positions(x)[0].index_select(0, pos - (self.text_seq_len + 1))
+        hidden = self.norm_by_max(self.transformer.step(self._stabilized(x), pos, cache))
         return self._logits(hidden[:, -1], "image", head)
 
     def compiled_image_step(self, **compile_kwargs: Any):
@@ -220,17 +225,11 @@ class DALLE(PretrainedMixin, nn.Module):
         caches = self.__dict__.setdefault("_compiled_caches", {})
         key = (batch, str(device), autocast_dtype(device.type) or self.to_logits[1].weight.dtype)
         if key not in caches:
-            cache = self.make_cache(batch)
-            for buffer in (cache.kv, cache.shift_history):
-                if buffer is not None:
-                    torch._dynamo.mark_static_address(buffer)
-            caches[key] = cache
-        cache = caches[key]
-        cache.reset()
-        for buffer in (cache.kv, cache.shift_history):
-            if buffer is not None:
-                buffer.zero_()
-        return cache
+            caches[key] = self.make_cache(batch)
+            for buffer in caches[key].buffers():
+                torch._dynamo.mark_static_address(buffer)
+        caches[key].reset(zero=True)
+        return caches[key]
 
     def _logits(self, hidden: Tensor, vocab: str, packed: Optional[Tensor] = None) -> Tensor:
         """Logits of one modality only ('text' or 'image'): the rows of the output layer for its vocabulary
