@@ -91,18 +91,18 @@ def _require(ckpt: Mapping[str, Any], keys, path_or_obj) -> None:
 
 
 def load_dalle_pytorch_vae(path: Union[PathOrStr, Mapping[str, Any]]):
-    """A `DiscreteVAE` from a DALLE-pytorch train_vae.py checkpoint (`hparams` and `weights`)."""
+    """A `DiscreteVAE` from a DALLE-pytorch train_vae.py checkpoint (`hparams` and `weights`), in eval mode."""
     from .vae import DiscreteVAE
 
     ckpt = _load(path)
     _require(ckpt, ("hparams", "weights"), path)
     vae = DiscreteVAE(**dict(ckpt["hparams"]))
     vae.load_state_dict(ckpt["weights"])
-    return vae
+    return vae.eval()
 
 
 def load_dalle_pytorch(path: Union[PathOrStr, Mapping[str, Any]], **overrides):
-    """A `DALLE` (with its `DiscreteVAE`) from a DALLE-pytorch train_dalle.py checkpoint."""
+    """A `DALLE` (with its `DiscreteVAE`) from a DALLE-pytorch train_dalle.py checkpoint, in eval mode."""
     from .dalle import DALLE
     from .vae import DiscreteVAE
 
@@ -115,11 +115,12 @@ def load_dalle_pytorch(path: Union[PathOrStr, Mapping[str, Any]], **overrides):
     hparams = {**dict(ckpt["hparams"]), **overrides}
     dalle = DALLE(vae=vae, **hparams)
     dalle.load_state_dict(convert_dalle_state_dict(ckpt["weights"]))
-    return dalle
+    return dalle.eval()  # like from_pretrained: ready to sample; call .train() to fine-tune
 
 
 def load_dalle_pytorch_clip(path_or_state_dict: Union[PathOrStr, Mapping[str, Tensor]], **clip_kwargs):
-    """A `CLIP` built with `clip_kwargs` (the reference's keywords) from a saved DALLE-pytorch CLIP state dict."""
+    """A `CLIP` built with `clip_kwargs` (the reference's keywords) from a saved DALLE-pytorch CLIP state dict, in
+    eval mode."""
     from .clip import CLIP
 
     state = _load(path_or_state_dict)
@@ -127,4 +128,4 @@ def load_dalle_pytorch_clip(path_or_state_dict: Union[PathOrStr, Mapping[str, Te
         state = state["weights"]
     clip = CLIP(**clip_kwargs)
     clip.load_state_dict(convert_transformer_state_dict(state))
-    return clip
+    return clip.eval()

@@ -5,8 +5,7 @@
 # captioned shapes (`dalle_core.shapes`), so it runs out of the box.
 # Run: `python examples/train_vae.py [--folder my_images/] [--out outputs/train_vae] [--steps 500]`
 # For long runs (checkpoints, resume, EMA, several GPUs) use `dalle-core train-vae` or
-# `dalle_core.training.train_vae(VAETrainConfig(...))`; note that those read their images through
-# `TextImageDataset` and so skip every image without a same-stem .txt caption.
+# `dalle_core.training.train_vae(VAETrainConfig(...))`, which take the same folders (captions are ignored there too).
 
 # %%
 import argparse

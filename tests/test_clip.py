@@ -99,6 +99,7 @@ def test_load_dalle_pytorch_clip_reads_a_torch_saved_state_dict_file(tmp_path):
     path = tmp_path / "clip.pt"
     torch.save(case["state_dict"], path)
     clip = load_dalle_pytorch_clip(path, **case["config"])
+    assert not clip.training
     scores = clip(case["inputs"]["text"], case["inputs"]["images"])
     torch.testing.assert_close(scores, case["outputs"]["scores"], atol=1e-5, rtol=0)
 

@@ -58,9 +58,10 @@ def test_logits_and_loss_equal_reference_live(name, live_fixture_dir: Path):
 
 def _check_checkpoint(path: Path) -> None:
     dalle = load_dalle_pytorch(path)
+    assert not any(m.training for m in dalle.modules())  # ready to sample, like from_pretrained
     expected = load_case(path)["expected"]
     with torch.no_grad():
-        _assert_logits_equal(dalle.eval()(expected["text"], expected["codes"]), expected["logits"])
+        _assert_logits_equal(dalle(expected["text"], expected["codes"]), expected["logits"])
 
 
 def test_load_dalle_pytorch_reads_train_dalle_checkpoint_committed():

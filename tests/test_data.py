@@ -127,6 +127,44 @@ def test_folder_yields_only_usable_samples_and_reports_exactly_what_it_skipped(t
     assert {name_of(t) for t, _ in samples} == set(GOOD)
 
 
+def test_without_required_captions_every_image_is_kept_and_uncaptioned_ones_get_an_empty_caption(tmp_path):
+    root = make_mixed_folder(tmp_path)
+    with pytest.warns(UserWarning, match="bad_image"):  # broken images are still skipped when loaded
+        ds = TextImageDataset(root, text_len=32, image_size=SIZE, seed=0, require_captions=False)
+        samples = [ds[i] for i in range(len(ds))]
+    assert len(ds) == len(GOOD) + 2 + 3  # + the corrupt two + lonely (no caption), blank and spaces (empty)
+    assert set(ds.skipped) == {"bad_image"}
+    empty = [t for t, _ in samples if not t.any()]
+    assert len(empty) == 3 and all(t.shape == (32,) and t.dtype == torch.long for t in empty)
+    assert {name_of(t) for t, _ in samples if t.any()} == set(GOOD)
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        TextImageDataset(tmp_path / "nothing", require_captions=False)
+
+
+def test_shards_without_required_captions_keep_uncaptioned_samples(tmp_path):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    Image.new("RGB", (SIZE, SIZE), (200, 0, 0)).save(folder / "a.png")
+    (folder / "a.txt").write_text("red\n")
+    Image.new("RGB", (SIZE, SIZE), (0, 0, 200)).save(folder / "b.png")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("a.png", "a.txt", "b.png"):
+            data = (folder / name).read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    shard = tmp_path / "s.tar"
+    shard.write_bytes(buf.getvalue())
+    kw = dict(text_len=8, image_size=SIZE, shuffle_buffer=0, seed=0, rank=0, world_size=1)
+    with pytest.warns(UserWarning, match="no_caption"):
+        assert len(list(WebTextImageDataset(str(shard), **kw))) == 1
+    samples = list(WebTextImageDataset(str(shard), **kw, require_captions=False))
+    assert len(samples) == 2 and samples[0][0].any() and not samples[1][0].any()
+    assert samples[1][1][2].mean() > 0.7  # b: the blue image
+
+
 def test_transparent_keeps_alpha_as_fourth_channel(tmp_path):
     ds = TextImageDataset(make_good_folder(tmp_path), text_len=32, image_size=SIZE, transparent=True, seed=0)
     by_name = {name_of(t): img for t, img in (ds[i] for i in range(len(ds)))}

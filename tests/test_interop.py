@@ -14,6 +14,7 @@ def test_load_dalle_pytorch_vae_reads_train_vae_checkpoint(tmp_path):
     path = tmp_path / "vae.pt"
     torch.save({"hparams": case["config"], "weights": case["state_dict"]}, path)  # train_vae.py's layout
     vae = load_dalle_pytorch_vae(path)
+    assert not vae.training
     images = case["inputs"]["images"]
     reference = DiscreteVAE(**case["config"])
     reference.load_state_dict(case["state_dict"])

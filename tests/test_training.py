@@ -237,8 +237,8 @@ def test_missing_optional_logger_says_how_to_install_it(tmp_path, folder, monkey
     assert not (tmp_path / "w" / "model").exists()  # refused before training
 
 
-def test_messy_folder_trains_on_the_usable_images_and_reports_what_it_skipped(tmp_path):
-    root = make_folder(tmp_path / "messy")
+def make_messy_folder(root: Path) -> Path:
+    root = make_folder(root)
     Image.new("RGBA", (20, 16), (255, 0, 0, 128)).save(root / "rgba.png")
     Image.new("L", (16, 24), 90).save(root / "gray.png")
     Image.new("I;16", (16, 16), 40000).save(root / "deep.png")
@@ -248,15 +248,38 @@ def test_messy_folder_trains_on_the_usable_images_and_reports_what_it_skipped(tm
     (root / "truncated.png").write_bytes((root / "000.png").read_bytes()[:60])
     Image.new("RGB", (16, 16)).save(root / "empty.png")  # its caption file is empty
     Image.new("RGB", (16, 16)).save(root / "uncaptioned.png")
+    return root
+
+
+def test_messy_folder_trains_on_the_usable_images_and_reports_what_it_skipped(tmp_path):
+    root = make_messy_folder(tmp_path / "messy")
     out = tmp_path / "run"
     with pytest.warns(UserWarning):
-        train_vae(VAETrainConfig(folder=str(root), out=str(out), steps=8, batch_size=4, **QUIET, **TINY_VAE))
+        train_clip(CLIPTrainConfig(folder=str(root), out=str(out), steps=8, batch_size=4, **QUIET, **TINY_CLIP))
     events = {row["event"]: row for row in metrics(out) if "event" in row}
     assert events["data"]["usable"] == 12 + 5  # 12 pictures, RGBA, gray, 16-bit and the two broken ones
     assert events["data"]["skipped"] == {"empty_caption": 1, "no_caption": 1}
     # the run's total adds the broken images, found when loaded (and replaced by the next image in the folder)
     assert events["end"]["skipped"] == {"bad_image": 2, "empty_caption": 1, "no_caption": 1}
     assert len(losses(out)) == 8 and all(math.isfinite(v) for v in losses(out))
+
+
+def test_vae_trains_on_images_without_captions_too(tmp_path):
+    root = make_messy_folder(tmp_path / "messy")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="bad_image"):  # only the broken images are skipped
+        train_vae(VAETrainConfig(folder=str(root), out=str(out), steps=8, batch_size=4, **QUIET, **TINY_VAE))
+    events = {row["event"]: row for row in metrics(out) if "event" in row}
+    assert events["data"]["usable"] == 12 + 5 + 2 and events["data"]["skipped"] == {}  # + empty and uncaptioned
+    assert events["end"]["skipped"] == {"bad_image": 2}
+    assert len(losses(out)) == 8 and all(math.isfinite(v) for v in losses(out))
+    only_images = tmp_path / "only_images"
+    only_images.mkdir()
+    for i in range(4):
+        Image.new("RGB", (16, 16), (60 * i, 0, 0)).save(only_images / f"{i}.png")
+    train_vae(VAETrainConfig(folder=str(only_images), out=str(tmp_path / "run2"), steps=2, batch_size=4, **QUIET,
+                             **TINY_VAE))
+    assert len(losses(tmp_path / "run2")) == 2
 
 
 # --- exact resume after SIGKILL (subprocesses, one thread each) -----------------------------------------------

@@ -16,13 +16,15 @@ from ._common import (AMBIGUOUS_CAPTION, BAD_CAPTION, BAD_IMAGE, EMPTY_CAPTION, 
 from .images import DECODE_ERRORS, IMAGE_EXTENSIONS, load_image
 
 
-def index_folder(folder: PathLike) -> Tuple[List[Tuple[Path, Path]], Dict[str, List[str]]]:
+def index_folder(folder: PathLike, require_captions: bool = True
+                 ) -> Tuple[List[Tuple[Path, Optional[Path]]], Dict[str, List[str]]]:
     """Usable (image, caption file) pairs under `folder`, sorted by image path, and what was skipped, by reason.
 
     An image pairs with the .txt of the same stem in its own directory, else with the only .txt of that stem
     anywhere under `folder` (images/x.jpg with texts/x.txt, as DALLE-pytorch allows). Skipped here: images
     with no caption file, several candidates, or a caption file that is not UTF-8 or has no non-blank line.
-    Corrupt images are found only when loaded.
+    With `require_captions=False` none of those is skipped: such an image pairs with None (an empty caption)
+    and `skipped` stays empty. Corrupt images are found only when loaded.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -48,8 +50,11 @@ def index_folder(folder: PathLike) -> Tuple[List[Tuple[Path, Path]], Dict[str, L
             caption = beside[0]
         elif len(candidates) == 1:
             caption = candidates[0]
-        else:
+        elif require_captions:
             skipped.setdefault(AMBIGUOUS_CAPTION if candidates else NO_CAPTION, []).append(str(image))
+            continue
+        else:
+            pairs.append((image, None))
             continue
         if caption not in checked:
             try:
@@ -58,6 +63,8 @@ def index_folder(folder: PathLike) -> Tuple[List[Tuple[Path, Path]], Dict[str, L
                 checked[caption] = BAD_CAPTION
         if checked[caption] is None:
             pairs.append((image, caption))
+        elif not require_captions:
+            pairs.append((image, None))
         else:
             skipped.setdefault(checked[caption], []).append(str(image))
     return pairs, skipped
@@ -78,20 +85,26 @@ class TextImageDataset(Dataset, SkipLog):
     torch's global RNG). Each DataLoader worker reseeds it from `seed` and its worker seed, which the
     DataLoader draws anew every epoch from its own generator: seed torch or pass DataLoader(generator=...) for
     reproducible multi-worker runs.
+
+    `require_captions=False` (for image-only training, such as a dVAE's) keeps every image: one without a
+    usable caption file gives an empty caption, all padding (zeros).
     """
 
     def __init__(self, folder: PathLike, text_len: int = 256, image_size: int = 128, truncate_captions: bool = False,
                  resize_ratio: float = 0.75, transparent: bool = False, tokenizer: Optional[Tokenizer] = None,
-                 shuffle: bool = False, *, seed: Optional[int] = None) -> None:
+                 shuffle: bool = False, *, seed: Optional[int] = None, require_captions: bool = True) -> None:
         super().__init__()
         self.tokenizer = check_common(text_len, image_size, resize_ratio, tokenizer)
         self.text_len, self.image_size, self.resize_ratio = text_len, image_size, float(resize_ratio)
         self.truncate_captions, self.transparent, self.shuffle = truncate_captions, transparent, shuffle
         self.seed = check_seed(seed)
-        self.samples, self.skipped = index_folder(folder)
+        self.require_captions = bool(require_captions)
+        self.samples, self.skipped = index_folder(folder, self.require_captions)
         if self.skipped:
             warnings.warn(self.skip_summary(), stacklevel=2)
         if not self.samples:
+            if not self.require_captions:
+                raise ValueError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) in {str(folder)!r}")
             raise ValueError(f"no usable image/caption pairs in {str(folder)!r}: images need a same-stem .txt "
                              f"caption with a non-blank line ({self.skip_summary()})")
         self._bad: set = set()  # indices whose image failed to load in this process
@@ -117,19 +130,25 @@ class TextImageDataset(Dataset, SkipLog):
     def _load(self, index: int, gen: torch.Generator) -> Optional[Tuple[Tensor, Tensor]]:
         """The sample at `index`, or None (recorded in `skipped`) when its caption or image is unusable."""
         image_path, caption_path = self.samples[index]
-        try:
-            lines = caption_lines(caption_path.read_bytes())
-            reason = None if lines else EMPTY_CAPTION
-        except UnicodeDecodeError:
-            reason = BAD_CAPTION
-        except OSError:  # removed or unreadable since indexing
-            reason = NO_CAPTION
-        if reason is not None:
-            self._bad.add(index)
-            self._record_skip(reason, image_path, f"caption file {caption_path} changed since indexing")
-            return None
-        caption = lines[randint(len(lines), gen)]
-        tokens = tokenize_caption(self.tokenizer, caption, self.text_len, self.truncate_captions, str(caption_path))
+        lines: List[str] = []
+        if caption_path is not None:
+            try:
+                lines = caption_lines(caption_path.read_bytes())
+                reason = None if lines else EMPTY_CAPTION
+            except UnicodeDecodeError:
+                reason = BAD_CAPTION
+            except OSError:  # removed or unreadable since indexing
+                reason = NO_CAPTION
+            if reason is not None and self.require_captions:
+                self._bad.add(index)
+                self._record_skip(reason, image_path, f"caption file {caption_path} changed since indexing")
+                return None
+        if lines:
+            caption = lines[randint(len(lines), gen)]
+            tokens = tokenize_caption(self.tokenizer, caption, self.text_len, self.truncate_captions,
+                                      str(caption_path))
+        else:  # only without require_captions
+            tokens = torch.zeros(self.text_len, dtype=torch.long)
         try:
             image = load_image(image_path, self.image_size, resize_ratio=self.resize_ratio,
                                transparent=self.transparent, generator=gen)

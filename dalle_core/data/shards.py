@@ -135,13 +135,15 @@ class WebTextImageDataset(IterableDataset, SkipLog):
     shuffles the shard order (same on every rank, from `seed` and `set_epoch`) and then samples through a
     buffer of that many undecoded samples; 0 reads in order. Per-reader randomness (crops, caption lines,
     buffer) is seeded from `seed`, epoch, rank, worker and the DataLoader's per-epoch worker seed.
+    `require_captions=False` keeps samples without a usable caption, with an empty caption (all zeros).
     """
 
     def __init__(self, urls: Union[PathLike, Sequence[PathLike]], text_len: int = 256, image_size: int = 128,
                  truncate_captions: bool = False, resize_ratio: float = 0.75, transparent: bool = False,
                  tokenizer: Optional[Tokenizer] = None, *, shuffle_buffer: int = 1000, seed: int = 0,
-                 rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+                 rank: Optional[int] = None, world_size: Optional[int] = None, require_captions: bool = True) -> None:
         super().__init__()
+        self.require_captions = bool(require_captions)
         self.tokenizer = check_common(text_len, image_size, resize_ratio, tokenizer)
         if isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be an int >= 0 (0: no shuffling), got {shuffle_buffer!r}")
@@ -220,19 +222,15 @@ class WebTextImageDataset(IterableDataset, SkipLog):
         if image_ext is None:
             self._record_skip(NO_IMAGE, where, f"members {sorted(files)}")
             return None
-        if "txt" not in files:
-            self._record_skip(NO_CAPTION, where, f"members {sorted(files)}")
+        lines, problem = _shard_caption(files)
+        if problem is not None and self.require_captions:
+            self._record_skip(problem[0], where, problem[1])
             return None
-        try:
-            lines = caption_lines(files["txt"])
-        except UnicodeDecodeError as err:
-            self._record_skip(BAD_CAPTION, where, str(err))
-            return None
-        if not lines:
-            self._record_skip(EMPTY_CAPTION, where, "no non-blank line")
-            return None
-        caption = lines[randint(len(lines), gen)]
-        tokens = tokenize_caption(self.tokenizer, caption, self.text_len, self.truncate_captions, f"{where}.txt")
+        if lines:
+            caption = lines[randint(len(lines), gen)]
+            tokens = tokenize_caption(self.tokenizer, caption, self.text_len, self.truncate_captions, f"{where}.txt")
+        else:  # no usable caption, kept because captions are not required
+            tokens = torch.zeros(self.text_len, dtype=torch.long)
         try:
             image = load_image(files[image_ext], self.image_size, resize_ratio=self.resize_ratio,
                                transparent=self.transparent, generator=gen)
@@ -240,6 +238,17 @@ class WebTextImageDataset(IterableDataset, SkipLog):
             self._record_skip(BAD_IMAGE, f"{where}.{image_ext}", f"{type(err).__name__}: {err}")
             return None
         return tokens, image
+
+
+def _shard_caption(files: Dict[str, bytes]) -> Tuple[List[str], Optional[Tuple[str, str]]]:
+    """The caption lines of a shard sample, and (skip reason, detail) when it has no usable caption."""
+    if "txt" not in files:
+        return [], (NO_CAPTION, f"members {sorted(files)}")
+    try:
+        lines = caption_lines(files["txt"])
+    except UnicodeDecodeError as err:
+        return [], (BAD_CAPTION, str(err))
+    return lines, None if lines else (EMPTY_CAPTION, "no non-blank line")
 
 
 # --- writing ------------------------------------------------------------------------------------------------

@@ -37,13 +37,15 @@ class Batch(NamedTuple):
 
 
 def build_dataset(config: TrainConfig, *, text_len: int, image_size: int, tokenizer: Optional[Tokenizer],
-                  transparent: bool, truncate_captions: bool, rank: int, world_size: int) -> Dataset:
+                  transparent: bool, truncate_captions: bool, rank: int, world_size: int,
+                  require_captions: bool = True) -> Dataset:
     """The dataset `config.folder` or `config.shards` names (exactly one of them)."""
     if (config.folder is None) == (config.shards is None):
         raise ValueError("give exactly one data source: a folder (--folder) or tar shards (--shards), "
                          f"got folder={config.folder!r}, shards={config.shards!r}")
     common = dict(text_len=text_len, image_size=image_size, truncate_captions=truncate_captions,
-                  resize_ratio=config.resize_ratio, transparent=transparent, tokenizer=tokenizer)
+                  resize_ratio=config.resize_ratio, transparent=transparent, tokenizer=tokenizer,
+                  require_captions=require_captions)
     if config.folder is not None:
         return TextImageDataset(config.folder, **common, seed=config.seed)
     urls = [u.strip() for u in config.shards.split(",") if u.strip()]

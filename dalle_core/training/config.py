@@ -34,7 +34,7 @@ def option(default: Any, help: str, group: str = "run") -> Any:
 class TrainConfig:
     """What every trainer shares: data, optimisation (AdamW, warmup + cosine), EMA, logging, checkpoints."""
 
-    folder: Optional[str] = option(None, "folder of images with same-stem .txt captions", "data")
+    folder: Optional[str] = option(None, "folder of images with same-stem .txt captions (train-vae: images alone)", "data")
     shards: Optional[str] = option(None, "WebDataset tar shards: a file, a directory, a URL or a brace pattern "
                                          "(several separated by commas)", "data")
     resize_ratio: float = option(0.75, "random crops cover between this fraction of the image and all of it", "data")

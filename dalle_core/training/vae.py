@@ -77,9 +77,9 @@ class VAETrainer(Trainer):
         return DiscreteVAE.from_pretrained(directory)
 
     def dataset_options(self, model: nn.Module) -> Dict[str, Any]:
-        # the folder dataset reads captions anyway; one truncated token keeps that cheap
+        # images only: those without a caption are used too; one truncated token keeps reading captions cheap
         return dict(text_len=1, image_size=model.image_size, tokenizer=None, transparent=model.channels == 4,
-                    truncate_captions=True)
+                    truncate_captions=True, require_captions=False)
 
     def compute_loss(self, model: nn.Module, batch: Batch, step: int) -> Tuple[Tensor, Dict[str, float]]:
         temp, kl_weight = self.config.temperature(step), self.config.kl_weight_at(step)
