@@ -18,6 +18,7 @@ __all__ = [
     "load_dalle_pytorch",
     "load_dalle_pytorch_vae",
     "load_dalle_pytorch_clip",
+    "vae_from_reference_config",
 ]
 
 # transformer.layers.layers.{i}.{0|1}.<wrappers>.<leaf>   (sequential)
@@ -90,13 +91,19 @@ def _require(ckpt: Mapping[str, Any], keys, path_or_obj) -> None:
         raise ValueError(f"{where} is missing {missing}; expected a DALLE-pytorch checkpoint with keys {list(keys)}")
 
 
-def load_dalle_pytorch_vae(path: Union[PathOrStr, Mapping[str, Any]]):
-    """A `DiscreteVAE` from a DALLE-pytorch train_vae.py checkpoint (`hparams` and `weights`), in eval mode."""
+def vae_from_reference_config(config: Mapping[str, Any]):
+    """A `DiscreteVAE` built from DALLE-pytorch keyword arguments, with the reference's defaults where they differ
+    from ours (its KL weight 0, where ours is 0.01), so that it trains with the same loss."""
     from .vae import DiscreteVAE
 
+    return DiscreteVAE(**{"kl_div_loss_weight": 0.0, **dict(config)})
+
+
+def load_dalle_pytorch_vae(path: Union[PathOrStr, Mapping[str, Any]]):
+    """A `DiscreteVAE` from a DALLE-pytorch train_vae.py checkpoint (`hparams` and `weights`), in eval mode."""
     ckpt = _load(path)
     _require(ckpt, ("hparams", "weights"), path)
-    vae = DiscreteVAE(**dict(ckpt["hparams"]))
+    vae = vae_from_reference_config(ckpt["hparams"])
     vae.load_state_dict(ckpt["weights"])
     return vae.eval()
 
@@ -104,14 +111,13 @@ def load_dalle_pytorch_vae(path: Union[PathOrStr, Mapping[str, Any]]):
 def load_dalle_pytorch(path: Union[PathOrStr, Mapping[str, Any]], **overrides):
     """A `DALLE` (with its `DiscreteVAE`) from a DALLE-pytorch train_dalle.py checkpoint, in eval mode."""
     from .dalle import DALLE
-    from .vae import DiscreteVAE
 
     ckpt = _load(path)
     _require(ckpt, ("hparams", "vae_params", "weights"), path)
     vae_class = ckpt.get("vae_class_name", "DiscreteVAE")
     if vae_class != "DiscreteVAE" or ckpt["vae_params"] is None:
         raise ValueError(f"only checkpoints with a trained DiscreteVAE are supported, this one uses {vae_class!r}")
-    vae = DiscreteVAE(**dict(ckpt["vae_params"]))
+    vae = vae_from_reference_config(ckpt["vae_params"])
     hparams = {**dict(ckpt["hparams"]), **overrides}
     dalle = DALLE(vae=vae, **hparams)
     dalle.load_state_dict(convert_dalle_state_dict(ckpt["weights"]))

@@ -97,7 +97,13 @@ def _check_normalization(normalization: Any, channels: int) -> Optional[Tuple[Tu
 
 
 class DiscreteVAE(PretrainedMixin, nn.Module):
-    """Convolutional dVAE with a Gumbel-softmax bottleneck over a learned codebook (images in [0, 1])."""
+    """Convolutional dVAE with a Gumbel-softmax bottleneck over a learned codebook (images in [0, 1]).
+
+    The reference's constructor and defaults, except `kl_div_loss_weight`: 0.01 here, not 0. Trained with a
+    plain Adam loop and a KL weight of 0, the codebook collapses (on the shapes data, 64-pixel images, 600
+    steps: 3% of the 512 codes in use, perplexity 6); with 0.01, at the same reconstruction loss, 36%
+    (perplexity 17), and 46% after 1500 steps (`tests/test_vae.py` checks the short version of this).
+    """
 
     def __init__(
         self,
@@ -113,7 +119,7 @@ class DiscreteVAE(PretrainedMixin, nn.Module):
         temperature: float = 0.9,
         straight_through: bool = False,
         reinmax: bool = False,  # only used with straight_through, as in the reference
-        kl_div_loss_weight: float = 0.0,
+        kl_div_loss_weight: float = 0.01,
         normalization: Optional[Sequence[Sequence[float]]] = DEFAULT_NORMALIZATION,
     ):
         super().__init__()

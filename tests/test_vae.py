@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import committed_cases, load_case
+from dalle_core.interop import vae_from_reference_config
 from dalle_core.vae import CodebookUsage, DiscreteVAE, codebook_usage
 
 TINY = dict(image_size=16, num_layers=2, num_tokens=32, codebook_dim=16, hidden_dim=8)
@@ -22,7 +23,7 @@ def images(batch: int = 2, channels: int = 3, size: int = 16) -> torch.Tensor:
 
 
 def model_from_case(case: dict) -> DiscreteVAE:
-    vae = DiscreteVAE(**case["config"])
+    vae = vae_from_reference_config(case["config"])
     vae.load_state_dict(case["state_dict"], strict=True)
     return vae
 
@@ -201,11 +202,11 @@ def test_get_codebook_indices_shape_and_restores_training_mode():
 # --- config ---------------------------------------------------------------------------------------------------
 
 
-def test_defaults_match_reference():
+def test_defaults_match_reference_but_the_kl_weight():
     cfg = DiscreteVAE().config
     assert cfg == dict(image_size=256, num_tokens=512, codebook_dim=512, num_layers=3, num_resnet_blocks=0,
                        hidden_dim=64, channels=3, smooth_l1_loss=False, temperature=0.9, straight_through=False,
-                       reinmax=False, kl_div_loss_weight=0.0,
+                       reinmax=False, kl_div_loss_weight=0.01,  # the reference's 0 collapses the codebook
                        normalization=[[0.5, 0.5, 0.5, 0.0], [0.5, 0.5, 0.5, 1.0]])
 
 
@@ -308,6 +309,31 @@ def test_vae_codebook_usage_counts_every_token_of_the_batch():
 
 
 # --- training -------------------------------------------------------------------------------------------------
+
+
+def _usage_after_adam(steps: int = 200, **overrides):
+    """Train a default dVAE (32-pixel images) on rendered shapes with plain Adam; codebook usage of held images."""
+    from dalle_core.shapes import ShapesDataset
+
+    data = ShapesDataset(1000, image_size=32, seed=0)
+    images = torch.stack([data.sample(i)[1] for i in range(len(data))])
+    torch.manual_seed(0)
+    vae = DiscreteVAE(image_size=32, **overrides)
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    for _ in range(steps):
+        loss = vae(images[torch.randint(0, len(images), (16,))], return_loss=True)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return vae.eval().codebook_usage(images[:500])
+
+
+@pytest.mark.slow
+def test_default_constructor_and_plain_adam_keep_the_codebook_in_use():
+    default = _usage_after_adam()
+    collapsed = _usage_after_adam(kl_div_loss_weight=0.0)  # the reference's default
+    assert collapsed.perplexity < 8 and collapsed.usage < 0.05, collapsed
+    assert default.usage > 3 * collapsed.usage and default.perplexity > 2 * collapsed.perplexity, default
 
 
 def test_a_few_adam_steps_lower_the_loss():

@@ -39,7 +39,8 @@ class VAETrainConfig(TrainConfig):
     temp_start: float = option(1.0, "Gumbel-softmax temperature at update 0", "optim")
     temp_end: float = option(1 / 16, "temperature after the annealing (the paper: 1/16)", "optim")
     temp_anneal_steps: int = option(150_000, "updates of cosine annealing from temp_start to temp_end", "optim")
-    kl_weight: float = option(0.0, "KL weight after its warm-up (the KL is per latent position here)", "optim")
+    kl_weight: float = option(0.01, "KL weight after its warm-up (the KL is per latent position here; 0 tends to "
+                              "collapse the codebook)", "optim")
     kl_warmup_steps: int = option(5000, "updates of cosine warm-up of the KL weight from 0", "optim")
 
     def validate(self) -> None:
