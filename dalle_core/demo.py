@@ -50,13 +50,14 @@ class DemoConfig:
     train_images: int = 20_000
     eval_prompts: int = 200  # generations per (prompt set, setting)
     vae_steps: int = 1500
-    dalle_steps: int = 2500
+    dalle_steps: int = 2000
     clip_steps: int = 600
     batch_size: int = 64  # dVAE and CLIP (CLIP takes twice this: more negatives per step)
     dalle_batch_size: int = 32
-    dalle_lr: float = 5e-3  # measured on this data: 5e-3 > 3e-3 > 1e-3 after 2000 steps
+    dalle_lr: float = 5e-3  # measured on this data: 5e-3 > 3e-3 > 1e-3 after 2000 steps (2500 steps: held-out worse)
     cond_scale: float = 2.0  # at 3 the samples overshoot: fewer pass the checker than at 2 (or at 1)
     filter_thres: float = 0.9  # top-k sampling keeps the 10% most likely codes
+    temperature: float = 0.7  # measured: 0.7 beats 1.0 by 3-10 points, most on held-out pairs; 0.4-0.55 no better
     candidates: int = 4  # CLIP reranking: best of this many
     seed: int = 0
 
@@ -146,7 +147,7 @@ def generate(dalle: DALLE, clip: CLIP, text: Tensor, setting: str, cfg: DemoConf
     out = []
     for chunk in text.split(batch):
         many = dalle.generate_images(chunk.repeat_interleave(n, 0), use_cache=True, cond_scale=scale,
-                                     filter_thres=cfg.filter_thres, generator=gen)
+                                     filter_thres=cfg.filter_thres, temperature=cfg.temperature, generator=gen)
         if n == 1:
             out.append(many)
         else:
@@ -373,7 +374,8 @@ def run_from_args(args: argparse.Namespace) -> dict:
     print(f"wrote {', '.join(summary['files'])} to {args.out}")
     models = args.out / "models"
     print(f'try: dalle-core generate "a red circle on the left" --checkpoint {models / "dalle"} '
-          f'--clip {models / "clip"} --cond-scale 2 --out {args.out / "samples"}')
+          f'--clip {models / "clip"} --cond-scale 2 --temperature 0.7 --filter-thres 0.9 '
+          f'--out {args.out / "samples"}')
     return summary
 
 
