@@ -156,6 +156,19 @@ def generate(dalle: DALLE, clip: CLIP, text: Tensor, setting: str, cfg: DemoConf
     return torch.cat(out)
 
 
+@torch.no_grad()
+def diversity(dalle: DALLE, text: Tensor, cfg: DemoConfig, gen: torch.Generator, samples: int = 16) -> float:
+    """Mean fraction of distinct images among `samples` plain samples of each caption in `text` (B, text_len).
+
+    1.0: every sample differs; 1 / samples: one image per caption (greedy decoding). A guard against sampling
+    settings that score well only by collapsing to the most likely image.
+    """
+    images = dalle.generate_images(text.repeat_interleave(samples, 0), use_cache=True, filter_thres=cfg.filter_thres,
+                                   temperature=cfg.temperature, generator=gen)
+    pixels = images.mul(255).round().to(torch.uint8).reshape(len(text), samples, -1)
+    return sum(len({row.numpy().tobytes() for row in per}) for per in pixels) / (len(text) * samples)
+
+
 def score(captions: Sequence[str], images: Tensor) -> Dict[str, float]:
     """Fraction of images the checker accepts: colour and shape, everything named, and each attribute."""
     results = [shapes.check(c, im) for c, im in zip(captions, images)]
@@ -277,6 +290,8 @@ def run(cfg: DemoConfig, out: Path) -> dict:
             generated = generate(dalle, clip, ptext, setting, cfg, gen)
             results[split][setting] = score(caps, generated)
             shown[split][setting] = generated
+    # after the scores, so that adding it changed none of them
+    distinct = diversity(dalle, tokenizer.tokenize(prompts["seen"][0][:8], text_len), cfg, gen)
     lap("generate_and_score")
 
     # the trained models, ready for `dalle-core generate` (tokenizer saved beside the DALLE and the CLIP)
@@ -310,7 +325,8 @@ def run(cfg: DemoConfig, out: Path) -> dict:
         "vae": {"codebook_usage": usage.usage, "perplexity": usage.perplexity, "num_tokens": vae.num_tokens,
                 "final_loss": sum(curves["dVAE"][-50:]) / len(curves["dVAE"][-50:]),
                 "reconstructions_checker": recon_score},
-        "dalle": {"final_loss": sum(curves["DALLE"][-50:]) / len(curves["DALLE"][-50:])},
+        "dalle": {"final_loss": sum(curves["DALLE"][-50:]) / len(curves["DALLE"][-50:]),
+                  "distinct_samples": distinct},  # plain sampling, 16 samples of each of 8 seen captions
         "clip": {"final_loss": sum(curves["CLIP"][-50:]) / len(curves["CLIP"][-50:])},
         "results": results,
     }
@@ -326,7 +342,8 @@ def format_summary(summary: dict) -> str:
     """The summary as a short table."""
     lines = [f"dVAE codebook usage {summary['vae']['codebook_usage']:.0%} (perplexity "
              f"{summary['vae']['perplexity']:.0f} of {summary['vae']['num_tokens']}); reconstructions pass the checker "
-             f"{summary['vae']['reconstructions_checker']['colour_and_shape']:.1%}",
+             f"{summary['vae']['reconstructions_checker']['colour_and_shape']:.1%}; distinct plain samples of a "
+             f"caption {summary['dalle']['distinct_samples']:.0%}",
              f"{'prompts':<8} {'setting':<22} {'colour+shape':>12} {'all named':>10}   (n per cell)"]
     for split, settings in summary["results"].items():
         for setting, r in settings.items():

@@ -47,6 +47,20 @@ def test_quick_demo_summary_has_every_score(quick_run):
     for target in summary["targets"].values():
         assert target["met"] == (target["measured"] >= target["target"])
     assert all(v > 0 for v in (summary["dalle"]["final_loss"], summary["clip"]["final_loss"]))
+    assert 1 / 16 <= summary["dalle"]["distinct_samples"] <= 1
+
+
+def test_diversity_is_one_over_samples_for_greedy_decoding_and_higher_when_sampling():
+    from dalle_core import DALLE, DiscreteVAE
+
+    torch.manual_seed(0)
+    vae = DiscreteVAE(image_size=16, num_layers=2, num_tokens=32, codebook_dim=16, hidden_dim=8)
+    dalle = DALLE(dim=32, vae=vae, num_text_tokens=20, text_seq_len=4, depth=1, heads=2, dim_head=16).eval()
+    text = torch.randint(1, 20, (2, 4))
+    gen = torch.Generator().manual_seed(0)
+    greedy = demo.DemoConfig(filter_thres=0.9, temperature=1e-6)  # argmax at every step
+    assert demo.diversity(dalle, text, greedy, gen, samples=4) == pytest.approx(1 / 4)
+    assert demo.diversity(dalle, text, demo.DemoConfig(filter_thres=0.0), gen, samples=4) > 0.5
 
 
 def test_quick_demo_prints_its_summary(quick_run, capsys):

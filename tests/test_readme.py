@@ -32,5 +32,6 @@ def test_readme_demo_table_is_the_committed_demo_summary():
         seen, held = summary["results"]["seen"][setting], summary["results"]["heldout"][setting]
         expected = [seen["colour_and_shape"], seen["all_attributes"], held["colour_and_shape"], held["all_attributes"]]
         assert shown == [round(100 * v, 1) for v in expected], label
+    assert f"Plain samples stay varied: {summary['dalle']['distinct_samples']:.0%} of" in text
     config = summary["config"]
     assert f"cond_scale {config['cond_scale']:g}" in text and f"temperature {config['temperature']:g}" in text
