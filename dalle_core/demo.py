@@ -137,9 +137,9 @@ def build_clip(cfg: DemoConfig, text_len: int, vocab: int) -> CLIP:
 # --- evaluation ----------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def generate(dalle: DALLE, clip: CLIP, text: Tensor, setting: str, cfg: DemoConfig, gen: torch.Generator,
+def generate(dalle: DALLE, clip: Optional[CLIP], text: Tensor, setting: str, cfg: DemoConfig, gen: torch.Generator,
              batch: int = 100) -> Tensor:
-    """One image per caption in `text` (B, text_len) under one of SETTINGS."""
+    """One image per caption in `text` (B, text_len) under one of SETTINGS (`clip` is used only by the CLIP ones)."""
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
     scale = cfg.cond_scale if setting.startswith("guided") else 1.0
@@ -163,8 +163,7 @@ def diversity(dalle: DALLE, text: Tensor, cfg: DemoConfig, gen: torch.Generator,
     1.0: every sample differs; 1 / samples: one image per caption (greedy decoding). A guard against sampling
     settings that score well only by collapsing to the most likely image.
     """
-    images = dalle.generate_images(text.repeat_interleave(samples, 0), use_cache=True, filter_thres=cfg.filter_thres,
-                                   temperature=cfg.temperature, generator=gen)
+    images = generate(dalle, None, text.repeat_interleave(samples, 0), "plain", cfg, gen)
     pixels = images.mul(255).round().to(torch.uint8).reshape(len(text), samples, -1)
     return sum(len({row.numpy().tobytes() for row in per}) for per in pixels) / (len(text) * samples)
 

@@ -46,27 +46,22 @@ def index_folder(folder: PathLike, require_captions: bool = True
     for image in sorted(images):
         candidates = texts.get(image.stem, [])
         beside = [t for t in candidates if t.parent == image.parent]
-        if beside:
-            caption = beside[0]
-        elif len(candidates) == 1:
-            caption = candidates[0]
-        elif require_captions:
-            skipped.setdefault(AMBIGUOUS_CAPTION if candidates else NO_CAPTION, []).append(str(image))
-            continue
+        caption = beside[0] if beside else candidates[0] if len(candidates) == 1 else None
+        if caption is None:
+            reason = AMBIGUOUS_CAPTION if candidates else NO_CAPTION
         else:
-            pairs.append((image, None))
-            continue
-        if caption not in checked:
-            try:
-                checked[caption] = None if caption_lines(caption.read_bytes()) else EMPTY_CAPTION
-            except UnicodeDecodeError:
-                checked[caption] = BAD_CAPTION
-        if checked[caption] is None:
+            if caption not in checked:
+                try:
+                    checked[caption] = None if caption_lines(caption.read_bytes()) else EMPTY_CAPTION
+                except UnicodeDecodeError:
+                    checked[caption] = BAD_CAPTION
+            reason = checked[caption]
+        if reason is None:
             pairs.append((image, caption))
-        elif not require_captions:
-            pairs.append((image, None))
+        elif require_captions:
+            skipped.setdefault(reason, []).append(str(image))
         else:
-            skipped.setdefault(checked[caption], []).append(str(image))
+            pairs.append((image, None))
     return pairs, skipped
 
 
