@@ -101,8 +101,8 @@ class DiscreteVAE(PretrainedMixin, nn.Module):
 
     The reference's constructor and defaults, except `kl_div_loss_weight`: 0.01 here, not 0. Trained with a
     plain Adam loop and a KL weight of 0, the codebook collapses (on the shapes data, 64-pixel images, 600
-    steps: 3% of the 512 codes in use, perplexity 6); with 0.01, at the same reconstruction loss, 36%
-    (perplexity 17), and 46% after 1500 steps (`tests/test_vae.py` checks the short version of this).
+    steps: 3% of the 512 codes in use, perplexity 5); with 0.01, 26% (perplexity 12), and 38% after 1500 steps
+    (`benchmarks/vae_codebook_usage.py`; `tests/test_vae.py` checks a short version of this).
     """
 
     def __init__(

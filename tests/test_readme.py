@@ -22,8 +22,9 @@ def test_readme_demo_table_is_the_committed_demo_summary():
     import json
 
     summary = json.loads((README.parent / "docs" / "demo" / "summary.json").read_text())
-    rows = {"plain sampling": "plain", "guidance, cond_scale 2": "guided", "CLIP reranking, best of 4": "clip_best_of_4",
-            "guidance + CLIP best of 4": "guided_clip_best_of_4"}
+    config = summary["config"]
+    rows = {"plain sampling": "plain", f"guidance, cond_scale {config['cond_scale']:g}": "guided",
+            "CLIP reranking, best of 4": "clip_best_of_4", "guidance + CLIP best of 4": "guided_clip_best_of_4"}
     text = README.read_text()
     for label, setting in rows.items():
         line = re.search(rf"^\| {re.escape(label)} \|(.*)\|$", text, flags=re.M)
@@ -33,5 +34,4 @@ def test_readme_demo_table_is_the_committed_demo_summary():
         expected = [seen["colour_and_shape"], seen["all_attributes"], held["colour_and_shape"], held["all_attributes"]]
         assert shown == [round(100 * v, 1) for v in expected], label
     assert f"Plain samples stay varied: {summary['dalle']['distinct_samples']:.0%} of" in text
-    config = summary["config"]
     assert f"cond_scale {config['cond_scale']:g}" in text and f"temperature {config['temperature']:g}" in text

@@ -51,6 +51,16 @@ def test_antialias_off_gives_only_palette_and_background_pixels():
     assert colours <= set(COLOURS.values()) | {(255, 255, 255)}
 
 
+def test_palette_colours_are_far_apart_as_tints_of_white():
+    # the checker labels a pixel by the ink direction (255 - RGB) it is a tint of; the palette keeps every two
+    # directions at least 18 degrees apart (the old orange and yellow, 14 degrees apart, were the most confused)
+    ink = 255 - torch.tensor(list(COLOURS.values()), dtype=torch.float64)
+    ink = ink / ink.norm(dim=1, keepdim=True)
+    cos = (ink @ ink.t()).fill_diagonal_(-1)
+    assert torch.rad2deg(torch.arccos(cos.max())).item() >= 18.0
+    assert len(COLOURS) == 8 and len(set(COLOURS.values())) == 8
+
+
 def test_captions_parse_back_to_the_scene():
     for scene in scenes(400):
         objects, relation = parse_caption(scene.caption)
