@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable
 from typing import Any, Callable, Optional, TypeVar
 
@@ -67,8 +68,41 @@ def check_token_ids(name: str, ids: Any, *, vocab_size: int, ndim: int = 2) -> T
     return ids.long()
 
 
+def check_int(name: str, value: Any, minimum: Optional[int] = 1) -> int:
+    """Check that `value` is an int (not a bool, not a float such as 8.5) that is at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_float(name: str, value: Any, *, low: Optional[float] = None, high: Optional[float] = None,
+                low_open: bool = False, high_open: bool = False) -> float:
+    """Check that `value` is a finite real number (not NaN, not inf, not a bool or a string) within
+    [low, high] (an open end with `low_open` / `high_open`); returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex()):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if below or above:
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+    return value
+
+
+IMAGE_RANGE_TOLERANCE = 1e-3  # images may overshoot [0, 1] by this much (resampling, float rounding)
+
+
 def check_images(name: str, images: Any, *, channels: int, image_size: int) -> Tensor:
-    """Check that `images` is a float tensor of shape (batch, channels, image_size, image_size)."""
+    """Check that `images` is a float tensor (batch, channels, image_size, image_size) of finite values in
+    [0, 1] (within IMAGE_RANGE_TOLERANCE), on a real device (not 'meta'); an empty batch is refused."""
     if not isinstance(images, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
     if not images.is_floating_point():
@@ -78,6 +112,18 @@ def check_images(name: str, images: Any, *, channels: int, image_size: int) -> T
         raise ValueError(
             f"{name} must have shape (batch, {channels}, {image_size}, {image_size}), got {tuple(images.shape)}"
         )
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)}): give at least one image")
+    if images.is_meta:
+        raise ValueError(f"{name} is on the 'meta' device (it has no values); move it to a real device first")
+    lo, hi = torch.aminmax(images.detach())
+    lo, hi = float(lo), float(hi)  # NaN fails both comparisons below
+    tol = IMAGE_RANGE_TOLERANCE
+    if not (lo >= -tol and hi <= 1 + tol):
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or infinite values; images must be finite, in [0, 1]")
+        raise ValueError(f"{name} must hold values in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
+                         "(pixels in [0, 255]? divide by 255; normalised to [-1, 1]? map with (x + 1) / 2)")
     return images
 
 

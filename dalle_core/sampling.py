@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._utils import check_float
+
 __all__ = [
     "top_k",
     "top_k_count",
@@ -18,7 +20,20 @@ __all__ = [
     "gumbel_sample",
     "classifier_free_guidance",
     "sample_logits",
+    "check_sampling_args",
 ]
+
+
+def check_sampling_args(*, temperature: float = 1.0, filter_thres: Optional[float] = None,
+                        top_p: Optional[float] = None, cond_scale: float = 1.0) -> None:
+    """Refuse sampling settings that cannot work, naming the argument: a temperature that is not a finite
+    number >= 0, `filter_thres` outside [0, 1], `top_p` outside (0, 1], a non-finite `cond_scale`."""
+    check_float("temperature", temperature, low=0.0)
+    if filter_thres is not None:
+        check_float("filter_thres", filter_thres, low=0.0, high=1.0)
+    if top_p is not None:
+        check_float("top_p", top_p, low=0.0, high=1.0, low_open=True)
+    check_float("cond_scale", cond_scale)
 
 
 def _keep_mask_fill(logits: Tensor, keep: Tensor) -> Tensor:
