@@ -438,6 +438,6 @@ def test_expand_urls_handles_brace_ranges_lists_and_missing_files(tmp_path):
 
 def test_pipe_sources_are_read_from_a_command(tmp_path):
     shards = _numbered_shards(tmp_path, 2, 2)
-    ds = WebTextImageDataset(f"pipe:cat {shards[0]}", text_len=4, image_size=4, shuffle_buffer=0,
+    ds = WebTextImageDataset(f"pipe:cat {shards[0]}", text_len=4, image_size=4, shuffle_buffer=0, allow_pipe=True,
                              rank=0, world_size=1)
     assert [TOK.decode(t) for t, _ in ds] == ["c0", "c1"]

@@ -1,7 +1,10 @@
 """Training data: caption/image pairs from a folder (`TextImageDataset`) or from WebDataset tar shards; image I/O."""
+from ._common import MAX_CAPTION_BYTES, MAX_IMAGE_BYTES
 from .folder import TextImageDataset, index_folder
-from .images import IMAGE_EXTENSIONS, load_image, random_crop_box, random_resized_crop, save_image_grid, to_pil
-from .shards import WebTextImageDataset, expand_urls, write_shards
+from .images import (IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, load_image, random_crop_box, random_resized_crop,
+                     save_image_grid, to_pil)
+from .shards import WebTextImageDataset, write_shards
+from .sources import MAX_SOURCES, expand_urls
 
 __all__ = [
     "TextImageDataset",
@@ -15,4 +18,8 @@ __all__ = [
     "to_pil",
     "save_image_grid",
     "IMAGE_EXTENSIONS",
+    "MAX_CAPTION_BYTES",
+    "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_SOURCES",
 ]

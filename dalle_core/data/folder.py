@@ -1,47 +1,87 @@
-"""`TextImageDataset`: images with same-stem .txt captions found recursively in a folder (DALLE-pytorch's loader)."""
+"""`TextImageDataset`: images with same-stem .txt captions found recursively in a folder (DALLE-pytorch's loader).
+
+A folder is treated as hostile: only regular files are read (FIFOs, devices, sockets and dangling symlinks
+named like images or captions are counted under `not_regular_file` and never opened), symlinked directories
+are followed but each real directory (by device and inode) is walked once, so a symlink loop terminates and
+multiplies nothing, and captions over `max_caption_bytes` / images over `max_image_bytes` are skipped and
+counted without being read.
+"""
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
 from ..tokenizers import Tokenizer
-from ._common import (AMBIGUOUS_CAPTION, BAD_CAPTION, BAD_IMAGE, EMPTY_CAPTION, NO_CAPTION, PathLike, SkipLog,
-                      caption_lines, check_common, check_seed, generator, mix_seed, randint, tokenize_caption)
-from .images import DECODE_ERRORS, IMAGE_EXTENSIONS, load_image
+from ._common import (AMBIGUOUS_CAPTION, BAD_CAPTION, BAD_IMAGE, CAPTION_TOO_LARGE, EMPTY_CAPTION, IMAGE_TOO_LARGE,
+                      MAX_CAPTION_BYTES, MAX_IMAGE_BYTES, NO_CAPTION, NOT_REGULAR, FileTooLargeError,
+                      NotRegularFileError, PathLike, SkipLog, caption_lines, check_common, check_limit, check_seed,
+                      generator, mix_seed, randint, read_regular, tokenize_caption)
+from .images import DECODE_ERRORS, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, load_image
 
 
-def index_folder(folder: PathLike, require_captions: bool = True
+def walk_once(root: Path) -> Iterator[Tuple[Path, List[str]]]:
+    """(directory, file names) under `root`, following symlinks but visiting each real directory once."""
+    seen: Set[Tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            info = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:  # a symlink back to a directory already walked (or a loop)
+            dirnames[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        dirnames.sort()  # deterministic: of two paths to one directory, the first in sorted order wins
+        yield Path(dirpath), sorted(filenames)
+
+
+def index_folder(folder: PathLike, require_captions: bool = True, *, max_caption_bytes: int = MAX_CAPTION_BYTES,
+                 max_image_bytes: int = MAX_IMAGE_BYTES
                  ) -> Tuple[List[Tuple[Path, Optional[Path]]], Dict[str, List[str]]]:
     """Usable (image, caption file) pairs under `folder`, sorted by image path, and what was skipped, by reason.
 
     An image pairs with the .txt of the same stem in its own directory, else with the only .txt of that stem
     anywhere under `folder` (images/x.jpg with texts/x.txt, as DALLE-pytorch allows). Skipped here: images
-    with no caption file, several candidates, or a caption file that is not UTF-8 or has no non-blank line.
-    With `require_captions=False` none of those is skipped: such an image pairs with None (an empty caption)
-    and `skipped` stays empty. Corrupt images are found only when loaded.
+    with no caption file, several candidates, or a caption file that is not UTF-8, has no non-blank line or
+    is over `max_caption_bytes`. With `require_captions=False` none of those is skipped: such an image pairs
+    with None (an empty caption). Always skipped: image or caption names that are not regular files (recorded
+    under their own path) and images over `max_image_bytes`. Corrupt images are found only when loaded.
     """
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(folder)!r} does not exist or is not a directory")
     images: List[Path] = []
     texts: Dict[str, List[Path]] = {}
-    for dirpath, _, filenames in os.walk(root, followlinks=True):
+    skipped: Dict[str, List[str]] = {}
+    for dirpath, filenames in walk_once(root):
         for name in filenames:
-            path = Path(dirpath) / name
+            path = dirpath / name
             suffix = path.suffix.lower()
-            if suffix in IMAGE_EXTENSIONS:
-                images.append(path)
+            if suffix not in IMAGE_EXTENSIONS and suffix != ".txt":
+                continue
+            try:
+                info = os.stat(path)  # follows symlinks; never blocks, unlike open on a FIFO
+                regular = stat.S_ISREG(info.st_mode)
+            except OSError:  # a dangling or looping symlink
+                regular = False
+            if not regular:
+                skipped.setdefault(NOT_REGULAR, []).append(str(path))
             elif suffix == ".txt":
                 texts.setdefault(path.stem, []).append(path)
+            elif info.st_size > max_image_bytes:
+                skipped.setdefault(IMAGE_TOO_LARGE, []).append(str(path))
+            else:
+                images.append(path)
 
-    pairs: List[Tuple[Path, Path]] = []
-    skipped: Dict[str, List[str]] = {}
+    pairs: List[Tuple[Path, Optional[Path]]] = []
     checked: Dict[Path, Optional[str]] = {}  # caption file -> skip reason (None when usable)
     for image in sorted(images):
         candidates = texts.get(image.stem, [])
@@ -51,10 +91,7 @@ def index_folder(folder: PathLike, require_captions: bool = True
             reason = AMBIGUOUS_CAPTION if candidates else NO_CAPTION
         else:
             if caption not in checked:
-                try:
-                    checked[caption] = None if caption_lines(caption.read_bytes()) else EMPTY_CAPTION
-                except UnicodeDecodeError:
-                    checked[caption] = BAD_CAPTION
+                checked[caption] = _caption_problem(caption, max_caption_bytes)[1]
             reason = checked[caption]
         if reason is None:
             pairs.append((image, caption))
@@ -63,6 +100,21 @@ def index_folder(folder: PathLike, require_captions: bool = True
         else:
             pairs.append((image, None))
     return pairs, skipped
+
+
+def _caption_problem(path: Path, max_bytes: int) -> Tuple[List[str], Optional[str]]:
+    """(caption lines, None), or ([], skip reason) when the caption file is unusable; reads at most max_bytes."""
+    try:
+        lines = caption_lines(read_regular(path, max_bytes, "caption file"))
+    except UnicodeDecodeError:
+        return [], BAD_CAPTION
+    except NotRegularFileError:
+        return [], NOT_REGULAR
+    except FileTooLargeError:
+        return [], CAPTION_TOO_LARGE
+    except OSError:  # removed or unreadable
+        return [], NO_CAPTION
+    return lines, None if lines else EMPTY_CAPTION
 
 
 class TextImageDataset(Dataset, SkipLog):
@@ -83,18 +135,29 @@ class TextImageDataset(Dataset, SkipLog):
 
     `require_captions=False` (for image-only training, such as a dVAE's) keeps every image: one without a
     usable caption file gives an empty caption, all padding (zeros).
+
+    Caps (see the module docstring and `images.py`): captions over `max_caption_bytes` (1 MiB) and images over
+    `max_image_bytes` (64 MiB) are skipped and counted; an image over `max_image_pixels` (its header size) is
+    counted as a bad image without being decoded.
     """
 
     def __init__(self, folder: PathLike, text_len: int = 256, image_size: int = 128, truncate_captions: bool = False,
                  resize_ratio: float = 0.75, transparent: bool = False, tokenizer: Optional[Tokenizer] = None,
-                 shuffle: bool = False, *, seed: Optional[int] = None, require_captions: bool = True) -> None:
+                 shuffle: bool = False, *, seed: Optional[int] = None, require_captions: bool = True,
+                 max_caption_bytes: int = MAX_CAPTION_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES,
+                 max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
         super().__init__()
         self.tokenizer = check_common(text_len, image_size, resize_ratio, tokenizer)
+        self.max_caption_bytes = check_limit("max_caption_bytes", max_caption_bytes)
+        self.max_image_bytes = check_limit("max_image_bytes", max_image_bytes)
+        self.max_image_pixels = check_limit("max_image_pixels", max_image_pixels)
         self.text_len, self.image_size, self.resize_ratio = text_len, image_size, float(resize_ratio)
         self.truncate_captions, self.transparent, self.shuffle = truncate_captions, transparent, shuffle
         self.seed = check_seed(seed)
         self.require_captions = bool(require_captions)
-        self.samples, self.skipped = index_folder(folder, self.require_captions)
+        self.samples, self.skipped = index_folder(folder, self.require_captions,
+                                                  max_caption_bytes=self.max_caption_bytes,
+                                                  max_image_bytes=self.max_image_bytes)
         if self.skipped:
             warnings.warn(self.skip_summary(), stacklevel=2)
         if not self.samples:
@@ -127,13 +190,7 @@ class TextImageDataset(Dataset, SkipLog):
         image_path, caption_path = self.samples[index]
         lines: List[str] = []
         if caption_path is not None:
-            try:
-                lines = caption_lines(caption_path.read_bytes())
-                reason = None if lines else EMPTY_CAPTION
-            except UnicodeDecodeError:
-                reason = BAD_CAPTION
-            except OSError:  # removed or unreadable since indexing
-                reason = NO_CAPTION
+            lines, reason = _caption_problem(caption_path, self.max_caption_bytes)
             if reason is not None and self.require_captions:
                 self._bad.add(index)
                 self._record_skip(reason, image_path, f"caption file {caption_path} changed since indexing")
@@ -146,10 +203,12 @@ class TextImageDataset(Dataset, SkipLog):
             tokens = torch.zeros(self.text_len, dtype=torch.long)
         try:
             image = load_image(image_path, self.image_size, resize_ratio=self.resize_ratio,
-                               transparent=self.transparent, generator=gen)
+                               transparent=self.transparent, generator=gen, max_image_pixels=self.max_image_pixels,
+                               max_image_bytes=self.max_image_bytes)
         except DECODE_ERRORS as err:
             self._bad.add(index)
-            self._record_skip(BAD_IMAGE, image_path, f"{type(err).__name__}: {err}")
+            reason = {NotRegularFileError: NOT_REGULAR, FileTooLargeError: IMAGE_TOO_LARGE}.get(type(err), BAD_IMAGE)
+            self._record_skip(reason, image_path, f"{type(err).__name__}: {err}")
             return None
         return tokens, image
 

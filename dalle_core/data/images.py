@@ -5,11 +5,20 @@ transparent colour) kept as RGBA when `transparent`, else composited onto white 
 whatever colour hides under transparent pixels, often black); 16-bit grayscale (I;16*, and I as PNG/TIFF
 decoders produce it) scaled by 1/65535 in float, so it is neither clipped at 255 nor quantised to 8 bits.
 EXIF orientation is applied, so camera photos are upright.
+
+Hostile files: a path is read only if it is a regular file (a FIFO or device is refused without being opened
+for blocking reads) of at most `max_image_bytes` (bytes sources too). The pixel count is read from the header
+before decoding, and an image of more than `max_image_pixels` pixels (default `MAX_IMAGE_PIXELS`, 2**26:
+8192 x 8192), or over Pillow's own `Image.MAX_IMAGE_PIXELS` when that is lower, is refused with
+`ImageTooLargeError` without being decoded. A JPEG is decoded at a reduced scale (`Image.draft`, 1/2 to 1/8)
+when the crop still gets at least `image_size` pixels a side: the crop box is drawn on the full-size
+coordinates, as before, and scaled onto the drafted image.
 """
 from __future__ import annotations
 
 import io
 import math
+import warnings
 from pathlib import Path
 from typing import BinaryIO, Optional, Sequence, Tuple, Union
 
@@ -17,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from ._common import PathLike
+from ._common import MAX_IMAGE_BYTES, FileTooLargeError, PathLike, check_limit, open_regular
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -26,6 +35,12 @@ ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 # What Pillow raises on a broken file: UnidentifiedImageError and "image file is truncated" are OSErrors; some
 # plugins raise SyntaxError, ValueError or EOFError; a decompression bomb its own error.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+MAX_IMAGE_PIXELS = 1 << 26  # default pixel budget: width x height from the header, checked before decoding
+_ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+
+
+class ImageTooLargeError(ValueError):
+    """An image whose header size is over the pixel budget: refused before decoding."""
 
 
 def random_crop_box(width: int, height: int, scale: Tuple[float, float] = (0.75, 1.0),
@@ -91,19 +106,51 @@ def to_tensor(img: Image.Image, transparent: bool) -> Tensor:
 
 
 def load_image(source: Union[PathLike, bytes, BinaryIO], image_size: int, *, resize_ratio: float = 0.75,
-               transparent: bool = False, generator: Optional[torch.Generator] = None) -> Tensor:
+               transparent: bool = False, generator: Optional[torch.Generator] = None,
+               max_image_pixels: int = MAX_IMAGE_PIXELS, max_image_bytes: Optional[int] = MAX_IMAGE_BYTES) -> Tensor:
     """Decode an image file (path, bytes or binary file) to a random square crop (C, image_size, image_size).
 
-    Raises one of `DECODE_ERRORS` when the file is not a readable image.
+    Raises one of `DECODE_ERRORS` when the file is not a readable image: ImageTooLargeError over the pixel
+    budget, NotRegularFileError for a path that is not a regular file, FileTooLargeError over `max_image_bytes`.
     """
+    max_image_pixels = check_limit("max_image_pixels", max_image_pixels)
+    where = "image bytes" if isinstance(source, (bytes, bytearray)) else f"image {str(source)!r}"
     if isinstance(source, (bytes, bytearray)):
-        source = io.BytesIO(source)
-    with Image.open(source) as img:
-        img.load()  # decode now, so a truncated file fails here
-        ImageOps.exif_transpose(img, in_place=True)
-        img = prepare_mode(img, transparent)
-    img = random_resized_crop(img, image_size, (resize_ratio, 1.0), (1.0, 1.0), generator)
-    return to_tensor(img, transparent)
+        if max_image_bytes is not None and len(source) > max_image_bytes:
+            raise FileTooLargeError(f"{where} is {len(source)} bytes, over the cap of {max_image_bytes}")
+        stream: BinaryIO = io.BytesIO(source)
+    elif isinstance(source, (str, Path)) or hasattr(source, "__fspath__"):
+        stream = open_regular(source, max_image_bytes, "image")
+    else:
+        stream = source
+    try:
+        with warnings.catch_warnings():  # our budget below is the guard, not Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(stream)
+            except Image.DecompressionBombError as err:
+                raise ImageTooLargeError(f"{where}: {err}") from None
+        with img:
+            width, height = img.size
+            budget = min(max_image_pixels, Image.MAX_IMAGE_PIXELS or max_image_pixels)
+            if width * height > budget:
+                raise ImageTooLargeError(f"{where} is {width}x{height} = {width * height} pixels, over the budget "
+                                         f"of {budget} pixels (max_image_pixels); refused before decoding")
+            rotated = img.getexif().get(0x0112) in _ROTATED
+            full = (height, width) if rotated else (width, height)  # upright size
+            left, top, w, h = random_crop_box(full[0], full[1], (resize_ratio, 1.0), (1.0, 1.0), generator)
+            if img.format in ("JPEG", "MPO"):  # decode at 1/2..1/8 scale while the crop keeps image_size pixels a side
+                scale = image_size / min(w, h)
+                img.draft(img.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+            img.load()  # decode now, so a truncated file fails here
+            ImageOps.exif_transpose(img, in_place=True)
+            img = prepare_mode(img, transparent)
+    finally:
+        if stream is not source:
+            stream.close()
+    fx, fy = img.width / full[0], img.height / full[1]  # 1 unless drafted
+    box = (left, top, left + w, top + h) if fx == fy == 1 else (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
+    return to_tensor(img.resize((image_size, image_size), Image.BILINEAR, box=box), transparent)
 
 
 # --- writing -------------------------------------------------------------------------------------------------

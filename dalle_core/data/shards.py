@@ -9,20 +9,27 @@ here in ~100 lines with exact skip accounting and our own rank/worker split, whe
 needs Python >= 3.10 (we support 3.9), pulls numpy, pyyaml and braceexpand, and has changed its splitting
 API between releases. Shards written here are read by `webdataset`, and img2dataset's shards are read here.
 Sources: local paths (a directory means its *.tar files), `file:`, `http(s)://` URLs and `pipe:COMMAND`
-(e.g. `pipe:aws s3 cp s3://bucket/shard.tar -`), with brace ranges (`shard-{000000..000099}.tar`).
+(e.g. `pipe:aws s3 cp s3://bucket/shard.tar -`), with brace ranges (`shard-{000000..000099}.tar`) and lists
+(`{a,b}`, nestable).
+
+Shards are treated as hostile. A `pipe:` source runs a shell command, so it is refused (ValueError) unless the
+caller passes `allow_pipe=True`: pass it only for sources given in the Python call or on the command line of
+the current invocation, never for sources read from a saved config or run folder. Brace patterns are counted
+before they are expanded and refused over `max_sources` (`sources.MAX_SOURCES`, 1,000,000). Local shards must be
+regular files (a FIFO is refused, never waited on); http(s) reads time out after `HTTP_TIMEOUT` seconds.
+Members: a caption over `max_caption_bytes` or an image over `max_image_bytes` is skipped and counted without
+being read, other members are never read, and extended (pax / GNU long name) headers over 1 MiB fail the
+shard. A tar that ends without its two zero end-of-archive blocks (cut at a member or header boundary) or with
+a member cut short is counted under `bad_shard` with a warning; the complete samples before the cut are used.
 """
 from __future__ import annotations
 
 import io
-import re
-import subprocess
 import tarfile
-import urllib.request
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from random import Random
-from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from PIL import Image
@@ -30,97 +37,79 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..tokenizers import Tokenizer
-from ._common import (BAD_CAPTION, BAD_IMAGE, BAD_SHARD, EMPTY_CAPTION, NO_CAPTION, NO_IMAGE, PathLike, SkipLog,
-                      caption_lines, check_common, check_seed, generator, mix_seed, randint, resolve_rank,
-                      tokenize_caption)
+from ._common import (BAD_CAPTION, BAD_IMAGE, BAD_SHARD, CAPTION_TOO_LARGE, EMPTY_CAPTION, IMAGE_TOO_LARGE,
+                      MAX_CAPTION_BYTES, MAX_IMAGE_BYTES, NO_CAPTION, NO_IMAGE, PathLike, SkipLog, caption_lines,
+                      check_common, check_limit, check_seed, generator, mix_seed, randint,
+                      read_regular, resolve_rank, tokenize_caption)
 from .folder import index_folder
-from .images import DECODE_ERRORS, IMAGE_EXTENSIONS, load_image
+from .images import DECODE_ERRORS, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, load_image
+from .sources import open_shard, expand_urls  # expand_urls: re-exported here, where it used to live
 
-_BRACE = re.compile(r"\{([^{}]*)\}")
-_REMOTE = ("http://", "https://", "pipe:")
-
-
-def expand_urls(urls: Union[PathLike, Sequence[PathLike]]) -> List[str]:
-    """Shard sources in order: brace ranges {000..009} and lists {a,b} expanded, directories as their *.tar."""
-    if isinstance(urls, (str, Path)):
-        urls = [urls]
-    if not isinstance(urls, Sequence) or not urls:
-        raise ValueError(f"expected a shard path/URL or a non-empty list of them, got {urls!r}")
-    out: List[str] = []
-    for url in urls:
-        if not isinstance(url, (str, Path)):
-            raise TypeError(f"shard paths must be str or Path, got {type(url).__name__}")
-        for item in _expand_braces(str(url)):
-            path = Path(item[5:] if item.startswith("file:") else item)
-            if not item.startswith(_REMOTE) and path.is_dir():
-                found = sorted(str(p) for p in path.glob("*.tar"))
-                if not found:
-                    raise FileNotFoundError(f"shard directory {item!r} holds no .tar files")
-                out.extend(found)
-            elif not item.startswith(_REMOTE) and not path.is_file():
-                raise FileNotFoundError(f"shard {item!r} does not exist")
-            else:
-                out.append(item)
-    return out
+_MAX_HEADER_BYTES = 1 << 20  # pax / GNU long-name header data
+_SHUFFLE_BYTES = 1 << 30  # undecoded bytes a shuffle buffer may hold, whatever its length
+_IMAGE_EXTS = frozenset(e[1:] for e in IMAGE_EXTENSIONS)
+_MAX_MEMBER_NAMES = 16  # unused member names kept per sample (for messages)
 
 
-def _expand_braces(text: str) -> List[str]:
-    """`a{1..3}b` -> a1b a2b a3b (zero padding kept: {08..10} -> 08 09 10); `{x,y}` -> x y."""
-    match = _BRACE.search(text)
-    if match is None:
-        return [text]
-    body, head, tail = match.group(1), text[:match.start()], text[match.end():]
-    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if numeric:
-        lo, hi = numeric.groups()
-        width = len(lo) if lo.startswith("0") else 0
-        options = [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
-    else:
-        options = body.split(",")
-    return [expanded for opt in options for expanded in _expand_braces(head + opt + tail)]
+class _CheckedTarInfo(tarfile.TarInfo):
+    """A TarInfo that notes on the TarFile why its last header read failed, and caps extended headers."""
 
-
-@contextmanager
-def _open_shard(url: str) -> Iterator[BinaryIO]:
-    """A readable binary stream over one shard: a local file, an http(s) response or a command's stdout."""
-    if url.startswith("pipe:"):
-        proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE)
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
         try:
-            yield proc.stdout
-        except BaseException:  # the reader failed or stopped early: the command's status means nothing
-            proc.kill()
-            proc.stdout.close()
-            proc.wait()
+            info = super().fromtarfile(tar)
+        except tarfile.HeaderError as err:  # EOFHeaderError: a zero block; others: cut short or garbage
+            tar._dalle_end = err  # type: ignore[attr-defined]
             raise
-        proc.stdout.close()
-        if proc.wait() != 0:
-            raise OSError(f"command {url[5:]!r} exited with status {proc.returncode}")
-    elif url.startswith(("http://", "https://")):
-        with urllib.request.urlopen(url) as response:
-            yield response
-    else:
-        with open(url[5:] if url.startswith("file:") else url, "rb") as f:
-            yield f
+        tar._dalle_end = None  # type: ignore[attr-defined]
+        return info
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        extended = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                    tarfile.SOLARIS_XHDTYPE)
+        if self.type in extended and self.size > _MAX_HEADER_BYTES:
+            raise tarfile.SubsequentHeaderError(f"extended header of {self.size} bytes at byte {self.offset}, "
+                                                f"more than {_MAX_HEADER_BYTES}")
+        return super()._proc_member(tar)  # type: ignore[misc]
 
 
-def iter_tar_samples(stream: BinaryIO) -> Iterator[Tuple[str, Dict[str, bytes]]]:
-    """(key, {extension: bytes}) for each run of consecutive same-key regular files in a tar stream."""
-    key, files = None, {}
-    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+def iter_tar_samples(stream: BinaryIO, *, max_caption_bytes: int = MAX_CAPTION_BYTES,
+                     max_image_bytes: int = MAX_IMAGE_BYTES) -> Iterator[Tuple[str, Dict[str, Union[bytes, int]]]]:
+    """(key, {extension: bytes}) for each run of consecutive same-key regular files in a tar stream.
+
+    Only captions (.txt) and images within their caps are read; any other member, or one over its cap, maps
+    to its size (an int) instead. Raises tarfile.ReadError when the stream is cut short, so a truncated shard
+    is never mistaken for a complete one; a sample the cut may have split (the last before a cut header) is
+    not yielded.
+    """
+    key: Optional[str] = None
+    files: Dict[str, Union[bytes, int]] = {}
+    with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_CheckedTarInfo) as tar:
         for member in tar:
+            tar.members = []  # a streamed TarFile keeps every header otherwise
             name = member.name
             base = name.rsplit("/", 1)[-1]
             if not member.isfile() or base.startswith(".") or "." not in base:
                 continue
             stem, ext = base.split(".", 1)
+            ext = ext.lower()
             member_key = name[:len(name) - len(base)] + stem
             if member_key != key and files:
-                yield key, files
+                yield cast(str, key), files
                 files = {}
             key = member_key
-            files[ext.lower()] = tar.extractfile(member).read()
-    if files:
-        yield key, files
+            cap = max_caption_bytes if ext == "txt" else max_image_bytes if ext in _IMAGE_EXTS else None
+            if cap is not None and member.size <= cap:
+                files[ext] = cast(BinaryIO, tar.extractfile(member)).read()
+            elif cap is not None or len(files) < _MAX_MEMBER_NAMES:
+                files[ext] = member.size  # not read: over its cap, or a member nothing uses
+        end = getattr(tar, "_dalle_end", None)
+        ended = isinstance(end, tarfile.EOFHeaderError)  # at a zero block: the last sample is complete
+        if ended and files:
+            yield cast(str, key), files
+        if not ended or tar.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+            raise tarfile.ReadError(f"tar stream cut short: it ends at byte {tar.offset} without the two zero "
+                                    f"end-of-archive blocks ({end or 'end of data'})")
 
 
 class WebTextImageDataset(IterableDataset, SkipLog):
@@ -136,13 +125,26 @@ class WebTextImageDataset(IterableDataset, SkipLog):
     buffer of that many undecoded samples; 0 reads in order. Per-reader randomness (crops, caption lines,
     buffer) is seeded from `seed`, epoch, rank, worker and the DataLoader's per-epoch worker seed.
     `require_captions=False` keeps samples without a usable caption, with an empty caption (all zeros).
+
+    Hostile shards (see the module docstring): `allow_pipe` must be True for `pipe:` sources (only for sources
+    from your own call or command line); captions over `max_caption_bytes` and images over `max_image_bytes`
+    are skipped and counted (`caption_too_large`, `image_too_large`) unread; images over `max_image_pixels`
+    (header size) count as bad images, undecoded; a truncated tar counts as a bad shard.
     """
 
     def __init__(self, urls: Union[PathLike, Sequence[PathLike]], text_len: int = 256, image_size: int = 128,
                  truncate_captions: bool = False, resize_ratio: float = 0.75, transparent: bool = False,
                  tokenizer: Optional[Tokenizer] = None, *, shuffle_buffer: int = 1000, seed: int = 0,
-                 rank: Optional[int] = None, world_size: Optional[int] = None, require_captions: bool = True) -> None:
+                 rank: Optional[int] = None, world_size: Optional[int] = None, require_captions: bool = True,
+                 allow_pipe: bool = False, max_caption_bytes: int = MAX_CAPTION_BYTES,
+                 max_image_bytes: int = MAX_IMAGE_BYTES, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
         super().__init__()
+        if not isinstance(allow_pipe, bool):
+            raise TypeError(f"allow_pipe must be True or False, got {allow_pipe!r:.80}")
+        self.allow_pipe = allow_pipe
+        self.max_caption_bytes = check_limit("max_caption_bytes", max_caption_bytes)
+        self.max_image_bytes = check_limit("max_image_bytes", max_image_bytes)
+        self.max_image_pixels = check_limit("max_image_pixels", max_image_pixels)
         self.require_captions = bool(require_captions)
         self.tokenizer = check_common(text_len, image_size, resize_ratio, tokenizer)
         if isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
@@ -153,7 +155,7 @@ class WebTextImageDataset(IterableDataset, SkipLog):
             raise TypeError("seed must be an int shared by every rank (it orders the shards), got None")
         self.seed = check_seed(seed)
         self.rank, self.world_size = resolve_rank(rank, world_size)
-        self.urls = expand_urls(urls)
+        self.urls = expand_urls(urls, allow_pipe=allow_pipe)
         self.epoch = 0
         self.skipped: Dict[str, List[str]] = {}
         self._passes = 0  # iterations started in this process: varies the randomness without set_epoch
@@ -193,8 +195,9 @@ class WebTextImageDataset(IterableDataset, SkipLog):
         index = 0
         for url in shards:
             try:
-                with _open_shard(url) as stream:
-                    for key, files in iter_tar_samples(stream):
+                with open_shard(url, self.allow_pipe) as stream:
+                    for key, files in iter_tar_samples(stream, max_caption_bytes=self.max_caption_bytes,
+                                                       max_image_bytes=self.max_image_bytes):
                         if index % stride == offset:
                             yield url, key, files
                         index += 1
@@ -204,17 +207,28 @@ class WebTextImageDataset(IterableDataset, SkipLog):
     def _shuffled(self, items: Iterable[Any], gen: torch.Generator) -> Iterator[Any]:
         """`items` through a shuffle buffer of `shuffle_buffer` entries."""
         buffer: List[Any] = []
+        held = 0  # bytes in the buffer: at most about _SHUFFLE_BYTES, however large the samples
         for item in items:
-            if len(buffer) < self.shuffle_buffer:
+            size = _raw_bytes(item)
+            if len(buffer) < self.shuffle_buffer and held + size <= _SHUFFLE_BYTES:
                 buffer.append(item)
+                held += size
+                continue
+            if not buffer:
+                yield item
                 continue
             j = randint(len(buffer), gen)
             yield buffer[j]
+            held += size - _raw_bytes(buffer[j])
             buffer[j] = item
+            while held > _SHUFFLE_BYTES and len(buffer) > 1:
+                out = buffer.pop(randint(len(buffer), gen))
+                held -= _raw_bytes(out)
+                yield out
         while buffer:
             yield buffer.pop(randint(len(buffer), gen))
 
-    def _decode(self, url: str, key: str, files: Dict[str, bytes], gen: torch.Generator
+    def _decode(self, url: str, key: str, files: Dict[str, Union[bytes, int]], gen: torch.Generator
                 ) -> Optional[Tuple[Tensor, Tensor]]:
         """The (tokens, image) pair of one raw sample, or None (recorded in `skipped`)."""
         where = f"{url}:{key}"
@@ -222,9 +236,14 @@ class WebTextImageDataset(IterableDataset, SkipLog):
         if image_ext is None:
             self._record_skip(NO_IMAGE, where, f"members {sorted(files)}")
             return None
-        lines, problem = _shard_caption(files)
+        lines, problem = _shard_caption(files, self.max_caption_bytes)
         if problem is not None and self.require_captions:
             self._record_skip(problem[0], where, problem[1])
+            return None
+        image_bytes = files[image_ext]
+        if isinstance(image_bytes, int):
+            self._record_skip(IMAGE_TOO_LARGE, f"{where}.{image_ext}",
+                              f"{image_bytes} bytes, over max_image_bytes={self.max_image_bytes}; not read")
             return None
         if lines:
             caption = lines[randint(len(lines), gen)]
@@ -232,20 +251,29 @@ class WebTextImageDataset(IterableDataset, SkipLog):
         else:  # no usable caption, kept because captions are not required
             tokens = torch.zeros(self.text_len, dtype=torch.long)
         try:
-            image = load_image(files[image_ext], self.image_size, resize_ratio=self.resize_ratio,
-                               transparent=self.transparent, generator=gen)
+            image = load_image(image_bytes, self.image_size, resize_ratio=self.resize_ratio,
+                               transparent=self.transparent, generator=gen, max_image_pixels=self.max_image_pixels,
+                               max_image_bytes=self.max_image_bytes)
         except DECODE_ERRORS as err:
             self._record_skip(BAD_IMAGE, f"{where}.{image_ext}", f"{type(err).__name__}: {err}")
             return None
         return tokens, image
 
 
-def _shard_caption(files: Dict[str, bytes]) -> Tuple[List[str], Optional[Tuple[str, str]]]:
+def _raw_bytes(item: Tuple[str, str, Dict[str, Union[bytes, int]]]) -> int:
+    """Bytes held by one undecoded sample (url, key, files)."""
+    return sum(len(v) for v in item[2].values() if isinstance(v, bytes))
+
+
+def _shard_caption(files: Dict[str, Union[bytes, int]], cap: int) -> Tuple[List[str], Optional[Tuple[str, str]]]:
     """The caption lines of a shard sample, and (skip reason, detail) when it has no usable caption."""
     if "txt" not in files:
         return [], (NO_CAPTION, f"members {sorted(files)}")
+    data = files["txt"]
+    if isinstance(data, int):
+        return [], (CAPTION_TOO_LARGE, f"caption member is {data} bytes, over max_caption_bytes={cap}; not read")
     try:
-        lines = caption_lines(files["txt"])
+        lines = caption_lines(data)
     except UnicodeDecodeError as err:
         return [], (BAD_CAPTION, str(err))
     return lines, None if lines else (EMPTY_CAPTION, "no non-blank line")
@@ -268,7 +296,8 @@ def write_shards(pairs_or_folder: Union[PathLike, Iterable[Tuple[Union[str, Sequ
     if isinstance(samples_per_shard, bool) or not isinstance(samples_per_shard, int) or samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be an int >= 1, got {samples_per_shard!r}")
     if isinstance(pairs_or_folder, (str, Path)):
-        pairs: Iterable = [(caption.read_bytes(), image) for image, caption in index_folder(pairs_or_folder)[0]]
+        pairs: Iterable = [(read_regular(caption, MAX_CAPTION_BYTES, "caption file"), image)
+                           for image, caption in index_folder(pairs_or_folder)[0] if caption is not None]
     else:
         pairs = pairs_or_folder
     out = Path(out_dir)
@@ -324,7 +353,7 @@ def _encode_image(image: ImageSource) -> Tuple[bytes, str]:
         path = Path(image)
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise ValueError(f"image file {str(path)!r} must end in one of {IMAGE_EXTENSIONS}")
-        return path.read_bytes(), path.suffix.lower()[1:]
+        return read_regular(path, MAX_IMAGE_BYTES, "image file"), path.suffix.lower()[1:]
     raise TypeError(f"an image must be a PIL image, bytes or a file path, got {type(image).__name__}")
 
 
