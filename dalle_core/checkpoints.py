@@ -6,6 +6,12 @@ VAE's class and keywords) and `model.safetensors` (the state dict; a DALLE's VAE
 listed under the header key `dalle_core_aliases`. The header also carries the full config.json document, so
 the weights file describes itself: it is the authority when the two disagree.
 
+Loading treats every file as hostile data: config files are read only when they are regular files of bounded
+size with JSON of bounded depth; the config is checked against the weights' header (layer counts against the
+number of tensors, then names and shapes of a model built on the meta device, which allocates nothing) before
+any model is built; NaN or infinite weights are refused unless `allow_nonfinite=True`; and a training state is
+checked whole (optimizer kind and shapes, RNG states) before anything is restored.
+
 Every file is written to a temporary file in the same directory, fsynced, then `os.replace`d, and
 `model.safetensors` is replaced last: a crash at any point leaves a loadable checkpoint (the previous one
 until the weights are replaced). Training state is one file, `training_state.safetensors`: its tensors,
@@ -21,12 +27,14 @@ import warnings
 from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import safetensors
 import safetensors.torch  # looked up at call time so tests can simulate a crash mid-write
 import torch
 from torch import Tensor, nn
+
+from .files import check_regular_file, parse_json, read_text
 
 try:
     import numpy as np
@@ -41,6 +49,8 @@ FORMAT_VERSION = 1
 CONFIG_NAME, WEIGHTS_NAME, TRAINING_STATE_NAME = "config.json", "model.safetensors", "training_state.safetensors"
 _CONFIG_KEY, _ALIASES_KEY, _TRAINING_KEY = "dalle_core_config", "dalle_core_aliases", "dalle_core_training_state"
 _TAGS = ("__tensor__", "__tuple__", "__dict__")
+MAX_CONFIG_BYTES = 4 * 2**20  # a config.json is a few KB
+Expected = Dict[str, Tuple[Tuple[int, ...], bool]]  # tensor name -> (shape, floating point)
 
 
 class CheckpointError(ValueError):
@@ -98,21 +108,52 @@ def _write_safetensors(path: Path, tensors: Dict[str, Tensor], metadata: Dict[st
     safetensors.torch.save_file(unique, str(path), metadata=metadata)
 
 
+def _weights_file(path: Path) -> Path:
+    """`path` if it is a regular file; FileNotFoundError when missing, CheckpointError for a FIFO, device, ..."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing")
+    return check_regular_file(path, None, what="safetensors file", error=CheckpointError)
+
+
+def _aliases(metadata: Dict[str, str], keys: Any, path: Path) -> Dict[str, str]:
+    """The header's alias -> stored-name table, checked to name stored tensors only."""
+    aliases = parse_json(metadata.get(_ALIASES_KEY, "{}"), what=f"{path}: header entry '{_ALIASES_KEY}'",
+                         error=CheckpointError)
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) and v in keys for v in aliases.values()):
+        raise CheckpointError(f"{path}: broken '{_ALIASES_KEY}' entry in the header: expected an object mapping "
+                              "names to stored tensors")
+    return aliases
+
+
+def _read_header(path: Path) -> Tuple[Expected, Dict[str, str]]:
+    """Shapes and floating-pointness of every tensor (aliases expanded) and the header metadata, from the
+    safetensors header alone: no tensor is read."""
+    _weights_file(path)
+    try:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            expected: Expected = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                expected[k] = (tuple(sl.get_shape()), sl.get_dtype().startswith(("F", "BF")))
+    except (safetensors.SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+    for alias, name in _aliases(metadata, expected, path).items():
+        expected[alias] = expected[name]
+    return expected, metadata
+
+
 def _read_safetensors(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
     """Tensors (aliases expanded) and header metadata of a safetensors file; broken files raise CheckpointError."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing")
+    _weights_file(path)
     try:
         with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (safetensors.SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
-    try:
-        for alias, name in json.loads(metadata.get(_ALIASES_KEY, "{}")).items():
-            tensors[alias] = tensors[name]
-    except (ValueError, KeyError, AttributeError) as e:
-        raise CheckpointError(f"{path}: broken '{_ALIASES_KEY}' entry in the header: {e!r}") from e
+    for alias, name in _aliases(metadata, tensors, path).items():
+        tensors[alias] = tensors[name]
     return tensors, metadata
 
 
@@ -170,12 +211,11 @@ def save_pretrained(model: nn.Module, directory: PathOrStr) -> Path:
 
 def _parse_doc(text: str, path: Path) -> Dict[str, Any]:
     """A config.json document (from the file or the weights header), checked for shape and version."""
-    try:
-        doc = json.loads(text)
-    except ValueError as e:
-        raise CheckpointError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict) or "class" not in doc:
-        raise CheckpointError(f"{path}: expected an object with 'class' and a 'config' object")
+    if len(text) > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path}: the config is {len(text)} characters long; expected at most {MAX_CONFIG_BYTES}")
+    doc = parse_json(text, what=str(path), error=CheckpointError)
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict) or not isinstance(doc.get("class"), str):
+        raise CheckpointError(f"{path}: expected an object with a 'class' name and a 'config' object")
     version = doc.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {version!r} is not one this dalle_core reads "
@@ -183,7 +223,12 @@ def _parse_doc(text: str, path: Path) -> Dict[str, Any]:
     return doc
 
 
-def _build(doc: Dict[str, Any], cls: Optional[type], path: Path) -> nn.Module:
+def _builder(doc: Dict[str, Any], cls: Optional[type], n_tensors: Dict[str, int],
+             path: Path) -> Tuple[str, Callable[[], nn.Module]]:
+    """The class name and a function building the model `doc` describes, once its config passed the cheap checks
+    (types of size keys; layer counts against `n_tensors`, the file's tensors per part: 'vae' and 'rest')."""
+    from ._validate import check_config, check_dalle_vae
+
     classes = _model_classes()
     name = doc["class"]
     if name not in classes:
@@ -192,49 +237,50 @@ def _build(doc: Dict[str, Any], cls: Optional[type], path: Path) -> nn.Module:
         raise CheckpointError(f"{path}: holds a {name}, not a {_class_name(cls)}; load it with {name}.from_pretrained")
     kwargs = dict(doc["config"])
     cls = cls or classes[name]
-    try:
-        if name == "DALLE":
-            vae = doc["vae"] if isinstance(doc.get("vae"), dict) else {}
-            if vae.get("class") != "DiscreteVAE" or not isinstance(vae.get("config"), dict):
-                raise ValueError("a DALLE needs a 'vae' entry {'class': 'DiscreteVAE', 'config': {...}}")
-            kwargs["vae"] = classes["DiscreteVAE"](**vae["config"])
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot build a {name} from its config: {e}") from e
+    vae: Dict[str, Any] = {}
+    if name == "DALLE":
+        vae = doc["vae"] if isinstance(doc.get("vae"), dict) else {}
+        if vae.get("class") != "DiscreteVAE" or not isinstance(vae.get("config"), dict):
+            raise CheckpointError(f"{path}: cannot build a DALLE from its config: a DALLE needs a 'vae' entry "
+                                  "{'class': 'DiscreteVAE', 'config': {...}}")
+        check_config("DiscreteVAE", vae["config"], n_tensors["vae"], path)
+    check_config(name, kwargs, n_tensors["rest"], path)
+    if name == "DALLE":
+        check_dalle_vae(kwargs, vae["config"], path)
+
+    def build() -> nn.Module:
+        extra = {"vae": classes["DiscreteVAE"](**vae["config"])} if name == "DALLE" else {}
+        return cls(**kwargs, **extra)
+
+    return name, build
 
 
-def _check_state(model: nn.Module, state: Dict[str, Tensor], path: Path) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: does not match the {type(model).__name__} its config builds: "
-                              f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                              f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    for key, t in state.items():
-        if t.shape != expected[key].shape:
-            raise CheckpointError(f"{path}: tensor {key!r} has shape {tuple(t.shape)} but the "
-                                  f"{type(model).__name__} its config builds expects {tuple(expected[key].shape)}")
+def from_pretrained(cls: Optional[type], directory: PathOrStr, map_location: Union[str, torch.device, None] = None,
+                    *, allow_nonfinite: bool = False) -> nn.Module:
+    """Rebuild the model saved in `directory` (of class `cls`, or whichever it records when None), in eval mode;
+    NaN or infinite weights raise CheckpointError unless `allow_nonfinite`."""
+    from ._validate import build_checked, check_finite, compare_state
 
-
-def from_pretrained(cls: Optional[type], directory: PathOrStr,
-                    map_location: Union[str, torch.device, None] = None) -> nn.Module:
-    """Rebuild the model saved in `directory` (of class `cls`, or whichever it records when None), in eval mode."""
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    if not config_path.is_file():
+    if not config_path.exists():
         raise FileNotFoundError(f"{config_path}: missing (save_pretrained writes {CONFIG_NAME} and {WEIGHTS_NAME})")
-    doc = _parse_doc(config_path.read_text(encoding="utf-8", errors="replace"), config_path)
-    state, metadata = _read_safetensors(weights_path)
+    text = read_text(config_path, MAX_CONFIG_BYTES, what="checkpoint config", error=CheckpointError)
+    doc, where = _parse_doc(text, config_path), config_path
+    expected, metadata = _read_header(weights_path)
     if _CONFIG_KEY in metadata:  # the weights' own config wins (see the module docstring)
         header = _parse_doc(metadata[_CONFIG_KEY], weights_path)
         if any(header.get(k) != doc.get(k) for k in ("class", "config", "vae")):
             warnings.warn(f"{config_path} disagrees with the config stored in {weights_path} (a save interrupted "
                           "between its two renames, or a hand edit); building the model the weights were saved "
                           "with", UserWarning, stacklevel=3)
-            doc = header
-    model = _build(doc, cls, config_path)
-    _check_state(model, state, weights_path)
+            doc, where = header, weights_path
+    n_vae = sum(k.startswith("vae.") for k in expected)
+    name, build = _builder(doc, cls, {"vae": n_vae, "rest": len(expected) - n_vae}, where)
+    model = build_checked(build, name, expected, where, weights=weights_path)
+    state, _ = _read_safetensors(weights_path)
+    check_finite(state, weights_path, allow_nonfinite)
+    compare_state(model, {k: (tuple(t.shape), t.is_floating_point()) for k, t in state.items()}, weights_path)
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1 and dtypes != {torch.get_default_dtype()}:
         model.to(dtypes.pop())  # keep a checkpoint saved in bfloat16 in bfloat16
@@ -252,9 +298,11 @@ class PretrainedMixin:
         return save_pretrained(self, directory)  # type: ignore[arg-type]
 
     @classmethod
-    def from_pretrained(cls, directory: PathOrStr, map_location: Union[str, torch.device, None] = None) -> Any:
-        """Rebuild a model of this class from a directory written by `save_pretrained`."""
-        return from_pretrained(cls, directory, map_location=map_location)
+    def from_pretrained(cls, directory: PathOrStr, map_location: Union[str, torch.device, None] = None, *,
+                        allow_nonfinite: bool = False) -> Any:
+        """Rebuild a model of this class from a directory written by `save_pretrained` (NaN/inf weights refused
+        unless `allow_nonfinite`)."""
+        return from_pretrained(cls, directory, map_location=map_location, allow_nonfinite=allow_nonfinite)
 
 
 # --- training state -------------------------------------------------------------------------------------------
@@ -350,22 +398,27 @@ def save_training_state(directory: PathOrStr, *, optimizer: Any = None, schedule
 
 def load_training_state(directory: PathOrStr, *, optimizer: Any = None, scheduler: Any = None,
                         ema: Any = None) -> Dict[str, Any]:
-    """Restore what `save_training_state` wrote (RNG states included); returns step, data_state and extra."""
+    """Restore what `save_training_state` wrote (RNG states included); returns step, data_state and extra.
+    Everything is checked first: a state that does not fit raises CheckpointError with nothing restored."""
     path = Path(directory) / TRAINING_STATE_NAME
     tensors, metadata = _read_safetensors(path)
+    if _TRAINING_KEY not in metadata:
+        raise CheckpointError(f"{path}: no readable '{_TRAINING_KEY}' header entry: it is missing")
+    doc = parse_json(metadata[_TRAINING_KEY], what=f"{path}: header entry '{_TRAINING_KEY}'", error=CheckpointError)
     try:
-        state = _unflatten(json.loads(metadata[_TRAINING_KEY]), tensors)
+        state = _unflatten(doc, tensors)
         version = state["format_version"]
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: no readable '{_TRAINING_KEY}' header entry: {e!r}") from e
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {version!r} is not one this dalle_core reads "
                               f"(<= {FORMAT_VERSION})")
-    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("ema", ema)):
-        if obj is None:
-            continue
-        if state.get(name) is None:
-            raise CheckpointError(f"{path}: holds no {name} state, but a {name} was given to restore")
+    targets = {name: obj for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("ema", ema))
+               if obj is not None}
+    from ._validate import check_training_state
+
+    check_training_state(state, path, targets)
+    for name, obj in targets.items():
         try:
             obj.load_state_dict(state[name])
         except (KeyError, ValueError, RuntimeError, TypeError) as e:

@@ -3,6 +3,10 @@
 `ByteTokenizer` (the default) needs no training and no files and covers every language; `WordTokenizer` is a
 fixed word list for small closed vocabularies; `YttmTokenizer` and `HugTokenizer` are trained BPE vocabularies
 whose packages are optional and imported only when used.
+
+Tokenizer files are read as hostile data: only regular files of at most `MAX_TOKENIZER_BYTES`, UTF-8, JSON nested
+at most `dalle_core.files.MAX_JSON_DEPTH` levels, youtokentome models checked line by line before youtokentome
+reads them; anything else raises ValueError naming the file and what was expected.
 """
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ from typing import Any, List, Sequence, Union
 
 import torch
 from torch import Tensor
+
+from ._tokenizer_files import (MAX_TOKENIZER_BYTES, TOKENIZER_KINDS, check_yttm_model, read_tokenizer_text,
+                               tokenizer_json)
+from .files import check_regular_file, parse_json, read_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
 Corpus = Union[PathLike, Iterable[str]]
@@ -110,15 +118,19 @@ class Tokenizer(ABC):
     @staticmethod
     def load(path: PathLike) -> "Tokenizer":
         """Rebuild a saved tokenizer of any kind: Byte/WordTokenizer JSON, HF tokenizer.json or youtokentome model."""
-        text = _existing(path, "tokenizer file").read_text(encoding="utf-8")
-        if not text.lstrip().startswith("{"):
+        path = _existing(path, "tokenizer file")
+        text = read_tokenizer_text(path, "tokenizer file")
+        if not text.lstrip().startswith(("{", "[")):
             return YttmTokenizer(path)
-        saved = json.loads(text)
+        saved = tokenizer_json(text, path)
         if saved.get("dalle_core_tokenizer") == "ByteTokenizer":
             return ByteTokenizer()
         if saved.get("dalle_core_tokenizer") == "WordTokenizer":
-            return WordTokenizer(saved["words"])
-        return HugTokenizer(path)
+            try:
+                return WordTokenizer(saved["words"])
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}: {err}") from None
+        return HugTokenizer._from_text(text, path)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
@@ -240,8 +252,12 @@ class YttmTokenizer(Tokenizer):
     def __init__(self, model_path: PathLike) -> None:
         yttm = _import_yttm()
         path = _existing(model_path, "youtokentome model")
-        self._model_bytes = path.read_bytes()  # `save` writes these, even if the file changes later
-        self._bpe = yttm.BPE(model=str(path))
+        data = read_bytes(path, MAX_TOKENIZER_BYTES, what="youtokentome model")
+        check_yttm_model(data, path)
+        self._model_bytes = data  # `save` writes these, even if the file changes later
+        with tempfile.TemporaryDirectory() as tmp:  # yttm reads the bytes checked above, not the file again
+            (Path(tmp) / "model.yttm").write_bytes(data)
+            self._bpe = yttm.BPE(model=str(Path(tmp) / "model.yttm"))
         self._pieces: List[str] = self._bpe.vocab()
         if self._pieces[:4] != _YTTM_SPECIALS:
             raise ValueError(f"{path} must use yttm's default ids pad=0, unk=1, bos=2, eos=3 (0 is our padding), "
@@ -303,10 +319,25 @@ class HugTokenizer(Tokenizer):
         if isinstance(path_or_tokenizer, tokenizers.Tokenizer):
             self._tok = path_or_tokenizer
         else:
-            self._tok = tokenizers.Tokenizer.from_file(str(_existing(path_or_tokenizer, "tokenizer.json")))
+            path = _existing(path_or_tokenizer, "tokenizer.json")
+            self._tok = self._parse(tokenizers, read_tokenizer_text(path, "Hugging Face tokenizer.json"), path)
         self._tok.encode_special_tokens = True  # "<pad>" inside a caption is text, not padding
         added = self._tok.get_added_tokens_decoder()
         self._offset = 0 if 0 in added and added[0].special else 1
+
+    @staticmethod
+    def _parse(tokenizers: Any, text: str, path: Path) -> Any:
+        """A `tokenizers.Tokenizer` from tokenizer.json text (depth-checked first), or ValueError naming `path`."""
+        parse_json(text, what=str(path))
+        try:
+            return tokenizers.Tokenizer.from_str(text)
+        except Exception as err:  # noqa: BLE001 - the Rust parser raises a bare Exception
+            raise ValueError(f"{path}: not a Hugging Face tokenizer.json ({TOKENIZER_KINDS} expected): {err}") from None
+
+    @classmethod
+    def _from_text(cls, text: str, path: Path) -> "HugTokenizer":
+        """A HugTokenizer from the already-read text of tokenizer.json `path`."""
+        return cls(cls._parse(_import_hf(), text, path))
 
     @classmethod
     def train(cls, texts_or_file: Corpus, vocab_size: int) -> "HugTokenizer":
@@ -368,9 +399,9 @@ def _existing(path: PathLike, what: str) -> Path:
     """`path` as a Path, or FileNotFoundError naming what was expected there."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{what} path must be a str or os.PathLike, got {type(path).__name__}")
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
-    return Path(path)
+    return check_regular_file(path, None, what=what)  # a FIFO or device would block or never end
 
 
 def _iter_corpus(texts_or_file: Corpus) -> Iterator[str]:
@@ -378,7 +409,10 @@ def _iter_corpus(texts_or_file: Corpus) -> Iterator[str]:
     if isinstance(texts_or_file, (str, os.PathLike)):
         path = _existing(texts_or_file, "corpus file (or pass a list of captions)")
         with open(path, encoding="utf-8", newline="\n") as f:  # split on "\n" only; keep "\r" as written
-            yield from (line[:-1] if line.endswith("\n") else line for line in f)
+            try:
+                yield from (line[:-1] if line.endswith("\n") else line for line in f)
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}: not UTF-8 text; expected a corpus of captions, one a line: {err}") from None
         return
     if not isinstance(texts_or_file, Iterable):
         raise TypeError(f"expected captions (an iterable of str) or a file path, got {type(texts_or_file).__name__}")
