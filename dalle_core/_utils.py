@@ -53,6 +53,15 @@ def set_requires_grad(module: torch.nn.Module, value: bool) -> None:
 # --- input validation: every user-facing tensor goes through one of these -------------------------------
 
 
+def check_real_batch(name: str, tensor: Any) -> None:
+    """Refuse a tensor on the 'meta' device (it has no values) or with an empty batch (batch size 0), naming it."""
+    if isinstance(tensor, Tensor):
+        if tensor.is_meta:
+            raise ValueError(f"{name} is on the 'meta' device (it has no values); move it to a real device first")
+        if tensor.ndim > 0 and tensor.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch (shape {tuple(tensor.shape)}): give at least one sample")
+
+
 def check_token_ids(name: str, ids: Any, *, vocab_size: int, ndim: int = 2) -> Tensor:
     """Check that `ids` is an integer tensor of `ndim` dims with values in [0, vocab_size)."""
     if not isinstance(ids, Tensor):
@@ -61,6 +70,8 @@ def check_token_ids(name: str, ids: Any, *, vocab_size: int, ndim: int = 2) -> T
         raise TypeError(f"{name} must be an integer tensor (torch.long) of token ids, got dtype {ids.dtype}")
     if ids.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions (batch, sequence), got shape {tuple(ids.shape)}")
+    if ids.is_meta:
+        raise ValueError(f"{name} is on the 'meta' device (it has no values); move it to a real device first")
     if ids.numel() > 0:
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= vocab_size:
@@ -112,10 +123,7 @@ def check_images(name: str, images: Any, *, channels: int, image_size: int) -> T
         raise ValueError(
             f"{name} must have shape (batch, {channels}, {image_size}, {image_size}), got {tuple(images.shape)}"
         )
-    if images.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(images.shape)}): give at least one image")
-    if images.is_meta:
-        raise ValueError(f"{name} is on the 'meta' device (it has no values); move it to a real device first")
+    check_real_batch(name, images)
     lo, hi = torch.aminmax(images.detach())
     lo, hi = float(lo), float(hi)  # NaN fails both comparisons below
     tol = IMAGE_RANGE_TOLERANCE

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ._utils import check_float, check_int
 from .checkpoints import CheckpointError
+from .transformer import MAX_BUFFER_BYTES
 
 Expected = Mapping[str, Tuple[Tuple[int, ...], bool]]  # tensor name -> (shape, is floating point)
 Where = Union[str, PathLike]
@@ -36,7 +37,6 @@ FLOAT_KEYS = {"DALLE": ("attn_dropout", "ff_dropout", "loss_img_weight"),
 # keys counting layers or blocks: each one holds at least one tensor of the state dict
 LAYER_KEYS = {"DALLE": ("depth",), "DiscreteVAE": ("num_layers", "num_resnet_blocks"),
               "CLIP": ("text_enc_depth", "visual_enc_depth")}
-MAX_TABLE_BYTES = 16 * 2**30  # non-persistent tables (masks, rotary frequencies) a loaded model may build
 
 
 def check_config(name: str, config: Any, n_tensors: int, where: Where) -> None:
@@ -118,9 +118,9 @@ def build_checked(build: Callable[[], nn.Module], name: str, expected: Expected,
     compare_state(meta, expected, weights if weights is not None else where)
     persistent = set(meta.state_dict())
     tables = sum(b.numel() * b.element_size() for k, b in meta.named_buffers() if k not in persistent)
-    if tables > MAX_TABLE_BYTES:
+    if tables > MAX_BUFFER_BYTES:
         raise CheckpointError(f"{where}: the {name} its config describes would build {tables / 2**30:.1f} GiB of "
-                              f"attention masks and position tables (at most {MAX_TABLE_BYTES / 2**30:.0f} GiB "
+                              f"attention masks and position tables (at most {MAX_BUFFER_BYTES / 2**30:.0f} GiB "
                               "allowed); is the image or text length in the config right?")
     return _call(build, name, where)
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ._utils import check_images, check_same_batch, check_token_ids, eval_decorator
+from ._utils import check_images, check_int, check_real_batch, check_same_batch, check_token_ids, eval_decorator
 from .checkpoints import PretrainedMixin
 from .transformer import Transformer
 
@@ -56,6 +56,13 @@ class CLIP(PretrainedMixin, nn.Module):
         channels: int = 3,
     ):
         super().__init__()
+        for name, value in (("dim_text", dim_text), ("dim_image", dim_image), ("dim_latent", dim_latent),
+                            ("num_text_tokens", num_text_tokens), ("text_enc_depth", text_enc_depth),
+                            ("text_seq_len", text_seq_len), ("text_heads", text_heads),
+                            ("num_visual_tokens", num_visual_tokens), ("visual_enc_depth", visual_enc_depth),
+                            ("visual_heads", visual_heads), ("visual_image_size", visual_image_size),
+                            ("visual_patch_size", visual_patch_size), ("channels", channels)):
+            check_int(name, value)
         if visual_image_size % visual_patch_size != 0:
             raise ValueError(f"visual_image_size ({visual_image_size}) must be divisible by visual_patch_size "
                              f"({visual_patch_size})")
@@ -91,6 +98,7 @@ class CLIP(PretrainedMixin, nn.Module):
     # --- input checks ---------------------------------------------------------------------------------------
 
     def _check_text(self, text: Any, text_mask: Any) -> Tensor:
+        check_real_batch("text", text)
         text = check_token_ids("text", text, vocab_size=self.num_text_tokens)
         if not 1 <= text.shape[1] <= self.text_seq_len:
             raise ValueError(f"text must have between 1 and text_seq_len={self.text_seq_len} tokens, "
@@ -107,7 +115,8 @@ class CLIP(PretrainedMixin, nn.Module):
         return text
 
     def _check_images(self, image: Any) -> Tensor:
-        return check_images("image", image, channels=self.channels, image_size=self.visual_image_size)
+        image = check_images("image", image, channels=self.channels, image_size=self.visual_image_size)
+        return image.to(self.to_visual_embedding.weight.dtype)  # a float32 image into a bf16 model works
 
     # --- encoders -------------------------------------------------------------------------------------------
 
@@ -180,6 +189,7 @@ class CLIP(PretrainedMixin, nn.Module):
         check_same_batch(text=text, images=images)
         flat = check_images("images[:, i] (each candidate)", rearrange(images, "b n c h w -> (b n) c h w"),
                             channels=self.channels, image_size=self.visual_image_size)
+        flat = flat.to(self.to_visual_embedding.weight.dtype)
         text_latents = self._text_latents(text, text_mask)  # (B, d): each caption encoded once
         image_latents = rearrange(self._image_latents(flat), "(b n) d -> b n d", b=b)
         scores = torch.einsum("bd,bnd->bn", text_latents, image_latents) * self.logit_scale  # (B, N)

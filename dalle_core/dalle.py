@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from axial_positional_embedding import AxialPositionalEmbedding
 from torch import Tensor, nn
 
-from ._utils import autocast_dtype, check_images, check_same_batch, check_token_ids, eval_decorator, set_requires_grad
+from ._utils import (autocast_dtype, cast_tuple, check_float, check_images, check_int, check_real_batch,
+                     check_same_batch, check_token_ids, default, eval_decorator, set_requires_grad)
 from .cache import KVCache
 from .checkpoints import PretrainedMixin
 from .linear import pack_weight, packed_linear, prepacked
 from .losses import linear_cross_entropy
-from .sampling import classifier_free_guidance, sample_logits
-from .transformer import DivideMax, Transformer
+from .sampling import _sample_logits, check_sampling_args, classifier_free_guidance
+from .transformer import DivideMax, Transformer, check_buffer_bytes
 
 __all__ = ["DALLE"]
 
@@ -69,8 +70,16 @@ class DALLE(PretrainedMixin, nn.Module):
         if optimize_for_inference:
             warnings.warn("optimize_for_inference has no effect: dalle_core always runs cache-friendly masked "
                           "SDPA attention", UserWarning, stacklevel=2)
-        if text_seq_len < 1 or num_text_tokens < 1:
-            raise ValueError(f"text_seq_len and num_text_tokens must be positive, got {text_seq_len}, {num_text_tokens}")
+        # sizes first, before any weight exists (the Transformer checks its own other arguments itself)
+        for name, value in dict(dim=dim, depth=depth, heads=heads, dim_head=dim_head, text_seq_len=text_seq_len,
+                                num_text_tokens=num_text_tokens).items():
+            check_int(name, value)
+        check_float("loss_img_weight", loss_img_weight, low=0)
+        fmap = vae.image_size // (2**vae.num_layers)
+        # refuse a sequence whose masks and tables would not fit before allocating any weight
+        layer_types = [str(t) for t in cast_tuple(default(attn_types, ("full",)))]
+        check_buffer_bytes(text_len=text_seq_len + 1, fmap_size=fmap, dim=dim, dim_head=dim_head,
+                           attn_types=layer_types[:depth], rotary=bool(rotary_emb), shift=bool(shift_tokens))
         self.config = dict(
             dim=dim, num_text_tokens=num_text_tokens, text_seq_len=text_seq_len, depth=depth, heads=heads,
             dim_head=dim_head, reversible=reversible, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
@@ -82,7 +91,6 @@ class DALLE(PretrainedMixin, nn.Module):
             conv_kernel_size=conv_kernel_size,
         )
 
-        fmap = vae.image_size // (2**vae.num_layers)
         self.image_fmap_size = fmap
         self.text_seq_len = text_seq_len
         self.image_seq_len = fmap * fmap
@@ -120,20 +128,26 @@ class DALLE(PretrainedMixin, nn.Module):
     def _check_text(self, text: Any) -> Tensor:
         """Validate caption ids (B, <= text_seq_len) in [0, num_text_tokens); right-pad with 0."""
         user_vocab = self.num_text_tokens - self.text_seq_len
+        check_real_batch("text", text)
         text = check_token_ids("text", text, vocab_size=user_vocab)
         if text.shape[1] > self.text_seq_len:
             raise ValueError(f"text has {text.shape[1]} tokens but this DALLE takes at most text_seq_len="
                              f"{self.text_seq_len}; truncate the caption when tokenizing")
         return F.pad(text, (0, self.text_seq_len - text.shape[1]))
 
-    def _image_codes(self, image: Tensor) -> Tensor:
+    def _image_codes(self, image: Tensor, name: str = "image") -> Tensor:
         """Image codes (B, m <= image_seq_len) from codes or raw images (B, C, H, W) in [0, 1]."""
         if isinstance(image, Tensor) and image.ndim == 4:
-            check_images("image", image, channels=self.vae.channels, image_size=self.vae.image_size)
+            check_images(name, image, channels=self.vae.channels, image_size=self.vae.image_size)
             return self.vae.get_codebook_indices(image)
-        codes = check_token_ids("image codes", image, vocab_size=self.num_image_tokens)
+        check_real_batch(f"{name} codes", image)
+        if isinstance(image, Tensor) and image.is_floating_point() and image.ndim != 4:
+            raise ValueError(f"{name} must be images (batch, {self.vae.channels}, {self.vae.image_size}, "
+                             f"{self.vae.image_size}) or integer codes (batch, <= {self.image_seq_len}), "
+                             f"got a float tensor of shape {tuple(image.shape)}")
+        codes = check_token_ids(f"{name} codes", image, vocab_size=self.num_image_tokens)
         if codes.shape[1] > self.image_seq_len:
-            raise ValueError(f"image has {codes.shape[1]} codes but the image sequence holds {self.image_seq_len}")
+            raise ValueError(f"{name} has {codes.shape[1]} codes but the image sequence holds {self.image_seq_len}")
         return codes
 
     def _text_ids(self, text: Tensor) -> Tensor:
@@ -258,7 +272,7 @@ class DALLE(PretrainedMixin, nn.Module):
 
     def make_cache(self, batch: int) -> KVCache:
         """A preallocated cache for `batch` sequences (pass it as `cache=` to successive forward calls)."""
-        return self.transformer.allocate_cache(batch)
+        return self.transformer.allocate_cache(batch)  # which checks `batch`
 
     # --- public API -----------------------------------------------------------------------------------
 
@@ -277,10 +291,15 @@ class DALLE(PretrainedMixin, nn.Module):
         cache: a `KVCache` (or a dict) reused across calls; then only the positions it lacks are computed.
         """
         text = self._check_text(text)
-        if not 0.0 <= null_cond_prob <= 1.0:
-            raise ValueError(f"null_cond_prob must be in [0, 1], got {null_cond_prob}")
-        codes = self._image_codes(image) if image is not None and image.numel() > 0 else None
-        check_same_batch(text=text, image=codes)
+        null_cond_prob = check_float("null_cond_prob", null_cond_prob, low=0, high=1)
+        codes = None
+        # codes (B, 0) mean "no image yet"; anything else, an empty batch included, is checked
+        if image is not None and not (isinstance(image, Tensor) and image.ndim == 2 and image.shape[1] == 0
+                                      and image.shape[0] == text.shape[0]):
+            if isinstance(image, Tensor):
+                check_same_batch(text=text, image=image)  # before encoding images through the dVAE
+            codes = self._image_codes(image)
+            check_same_batch(text=text, image=codes)
         if null_cond_prob > 0:
             keep = torch.rand(text.shape[0], device=text.device) >= null_cond_prob
             text = text * keep[:, None]  # a new tensor: the caller's stays untouched
@@ -306,6 +325,7 @@ class DALLE(PretrainedMixin, nn.Module):
                                 cache: CacheArg = None, **kwargs) -> Tensor:
         """Guided logits `null + cond_scale * (cond - null)`; both branches run as one batch of 2B (a cache
         passed here must hold 2B sequences: conditional first, then unconditional)."""
+        cond_scale = check_float("cond_scale", cond_scale)
         if cond_scale == 1:
             return self(text, image, cache=cache, **kwargs)
         text = self._check_text(text)
@@ -334,17 +354,28 @@ class DALLE(PretrainedMixin, nn.Module):
         """Sample image codes (B, image_seq_len) for captions `text`; see `generate_images`."""
         if compile and not use_cache:
             raise ValueError("compile=True compiles the cached decoding step: pass use_cache=True too")
+        # every setting is checked here, once: the decoding loop samples with the unchecked `_sample_logits`
+        check_sampling_args(temperature=temperature, filter_thres=filter_thres, top_p=top_p, cond_scale=cond_scale)
         text = self._check_text(text)
         batch = text.shape[0]
+        if num_init_img_tokens is not None:
+            if img is None:
+                raise ValueError("num_init_img_tokens is the number of codes kept from `img`, but no img was given: "
+                                 "pass img=images (or codes) to prime with, or drop num_init_img_tokens")
+            check_int("num_init_img_tokens", num_init_img_tokens)
         codes = torch.zeros(batch, self.image_seq_len, dtype=torch.long, device=text.device)
         num_primed = 0
         if img is not None:
-            primed = self._image_codes(img)
-            check_same_batch(text=text, img=primed)
+            if isinstance(img, Tensor):
+                check_same_batch(text=text, img=img)
+            primed = self._image_codes(img, "img")
             num_primed = num_init_img_tokens if num_init_img_tokens is not None else int(0.4375 * self.image_seq_len)
             if not 0 < num_primed < self.image_seq_len:
                 raise ValueError(f"num_init_img_tokens must be in (0, {self.image_seq_len}), got {num_primed}")
-            codes[:, :num_primed] = primed[:, :num_primed]
+            if primed.shape[1] < num_primed:
+                raise ValueError(f"img holds {primed.shape[1]} codes per image but num_init_img_tokens={num_primed} "
+                                 f"of them are kept: pass at least {num_primed} codes (or whole images)")
+            codes[:, :num_primed] = primed[:, :num_primed].to(codes.device)
 
         guided = cond_scale != 1
         if guided:  # conditional and unconditional branch in one batch
@@ -370,8 +401,7 @@ class DALLE(PretrainedMixin, nn.Module):
                     cache.advance(1)
                 if guided:
                     logits = classifier_free_guidance(*logits.chunk(2), cond_scale)
-                sample = sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p,
-                                       temperature=temperature, generator=generator)
+                sample = _sample_logits(logits, filter_thres, top_p, temperature, generator)
                 codes[:, pos] = torch.cat((sample, sample)) if guided else sample
         return codes[:batch].clone()  # a normal tensor again, usable with autograd
 
@@ -399,6 +429,8 @@ class DALLE(PretrainedMixin, nn.Module):
         compile: run each cached decoding step through `torch.compile` (one graph for every position,
         compiled on the first call: see `compiled_image_step`).
         """
+        if clip is not None and not isinstance(clip, nn.Module):  # refused before generating, not after
+            raise TypeError(f"clip must be a CLIP module scoring (text, images), got {type(clip).__name__}")
         codes = self.generate_image_codes(
             text, filter_thres=filter_thres, temperature=temperature, top_p=top_p, img=img,
             num_init_img_tokens=num_init_img_tokens, cond_scale=cond_scale, use_cache=use_cache, generator=generator,
@@ -424,6 +456,13 @@ class DALLE(PretrainedMixin, nn.Module):
     ) -> Tuple[Tensor, List[str]]:
         """Complete the caption `text` (or sample one) to text_seq_len tokens: (ids (1, text_seq_len) with
         padding as 0, [decoded caption]). `tokenizer` follows dalle_core's contract (encode/decode)."""
+        for method in ("encode", "decode"):
+            if not callable(getattr(tokenizer, method, None)):
+                raise TypeError(f"tokenizer must have encode() and decode() (a dalle_core tokenizer), got "
+                                f"{type(tokenizer).__name__} without {method}()")
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"text must be a string prompt (or None), got {type(text).__name__}")
+        check_sampling_args(temperature=temperature, filter_thres=filter_thres, top_p=top_p)
         device = self.to_logits[1].weight.device
         prefix = tokenizer.encode(text) if text else []
         user_vocab = self.num_text_tokens - self.text_seq_len
@@ -436,8 +475,7 @@ class DALLE(PretrainedMixin, nn.Module):
         for pos in range(1 + len(prefix), self.text_seq_len + 1):
             hidden, _ = self._hidden(ids[:, :pos], None, cache)
             logits = self._logits(hidden[:, -1], "text")
-            ids[:, pos] = sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p, temperature=temperature,
-                                        generator=generator)
+            ids[:, pos] = _sample_logits(logits, filter_thres, top_p, temperature, generator)
         tokens = ids[:, 1:]
         tokens = tokens.masked_fill(tokens >= user_vocab, 0)  # padding ids back to 0
         return tokens, [tokenizer.decode(tokens[0].tolist())]

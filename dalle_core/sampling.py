@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._utils import check_float
+from ._utils import check_float, check_int
 
 __all__ = [
     "top_k",
@@ -42,25 +42,23 @@ def _keep_mask_fill(logits: Tensor, keep: Tensor) -> Tensor:
 
 def top_k_count(logits: Tensor, k: int) -> Tensor:
     """Keep the `k` largest logits along the last dim; the rest become -inf."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    k = min(int(k), logits.shape[-1])
+    k = min(check_int("k", k), logits.shape[-1])
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
+    return _keep_mask_fill(logits, logits >= kth)
+
+
+def _top_k(logits: Tensor, thres: float) -> Tensor:
+    k = max(int((1 - thres) * logits.shape[-1]), 1)
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
     return _keep_mask_fill(logits, logits >= kth)
 
 
 def top_k(logits: Tensor, thres: float = 0.5) -> Tensor:
     """DALLE-pytorch's top-k: keep the top (1 - thres) fraction of the logits given (at least one)."""
-    if not 0.0 <= thres <= 1.0:
-        raise ValueError(f"thres must be in [0, 1], got {thres}")
-    k = max(int((1 - thres) * logits.shape[-1]), 1)
-    return top_k_count(logits, k)
+    return _top_k(logits, check_float("thres", thres, low=0, high=1))
 
 
-def top_p(logits: Tensor, p: float = 0.9) -> Tensor:
-    """Nucleus filtering: keep the smallest set of logits whose probabilities sum to at least `p`."""
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"p must be in (0, 1], got {p}")
+def _top_p(logits: Tensor, p: float) -> Tensor:
     sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
     probs = sorted_logits.float().softmax(dim=-1)
     # drop a token when the mass before it already reaches p (the top token is always kept)
@@ -68,6 +66,11 @@ def top_p(logits: Tensor, p: float = 0.9) -> Tensor:
     sorted_keep = mass_before < p
     keep = torch.zeros_like(sorted_keep).scatter(-1, sorted_idx, sorted_keep)
     return _keep_mask_fill(logits, keep)
+
+
+def top_p(logits: Tensor, p: float = 0.9) -> Tensor:
+    """Nucleus filtering: keep the smallest set of logits whose probabilities sum to at least `p`."""
+    return _top_p(logits, check_float("p", p, low=0, high=1, low_open=True))
 
 
 def gumbel_noise(t: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -78,21 +81,40 @@ def gumbel_noise(t: Tensor, generator: Optional[torch.Generator] = None) -> Tens
     return u.clamp_(min=tiny).log_().neg_().clamp_(min=tiny).log_().neg_().to(dtype)  # -log(-log(u))
 
 
-def gumbel_sample(
-    logits: Tensor, temperature: float = 1.0, dim: int = -1, generator: Optional[torch.Generator] = None
-) -> Tensor:
-    """Sample indices from softmax(logits / temperature) by the Gumbel-max trick; temperature 0 is argmax."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+def _gumbel_sample(logits: Tensor, temperature: float, dim: int, generator: Optional[torch.Generator]) -> Tensor:
     if temperature == 0:
         return logits.argmax(dim=dim)
     logits = logits.float()
     return ((logits / temperature) + gumbel_noise(logits, generator=generator)).argmax(dim=dim)
 
 
+def gumbel_sample(
+    logits: Tensor, temperature: float = 1.0, dim: int = -1, generator: Optional[torch.Generator] = None
+) -> Tensor:
+    """Sample indices from softmax(logits / temperature) by the Gumbel-max trick; temperature 0 is argmax."""
+    return _gumbel_sample(logits, check_float("temperature", temperature, low=0), dim, generator)
+
+
 def classifier_free_guidance(cond_logits: Tensor, null_logits: Tensor, scale: float) -> Tensor:
     """Guided logits `null + scale * (cond - null)` (scale 1 gives the conditional logits)."""
     return null_logits + (cond_logits - null_logits) * scale
+
+
+def _sample_logits(logits: Tensor, filter_thres: Optional[float], top_p_value: Optional[float], temperature: float,
+                   generator: Optional[torch.Generator]) -> Tensor:
+    """`sample_logits` on settings already checked (by `check_sampling_args`): the per-token path of the
+    decoding loops, which validate once before their first token."""
+    if filter_thres is not None and top_p_value is None:
+        # sample among the k kept logits directly: the same distribution as masking the rest to -inf
+        k = max(int((1 - filter_thres) * logits.shape[-1]), 1)
+        values, indices = torch.topk(logits, k, dim=-1)
+        choice = _gumbel_sample(values, temperature, -1, generator)
+        return indices.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+    if filter_thres is not None:
+        logits = _top_k(logits, filter_thres)
+    if top_p_value is not None:
+        logits = _top_p(logits, top_p_value)
+    return _gumbel_sample(logits, temperature, -1, generator)
 
 
 def sample_logits(
@@ -104,16 +126,5 @@ def sample_logits(
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """Filter (top-k fraction and/or top-p) then Gumbel-sample one index per row of `logits` (..., V)."""
-    if filter_thres is not None and top_p_value is None:
-        if not 0.0 <= filter_thres <= 1.0:
-            raise ValueError(f"filter_thres must be in [0, 1], got {filter_thres}")
-        # sample among the k kept logits directly: the same distribution as masking the rest to -inf
-        k = max(int((1 - filter_thres) * logits.shape[-1]), 1)
-        values, indices = torch.topk(logits, k, dim=-1)
-        choice = gumbel_sample(values, temperature=temperature, dim=-1, generator=generator)
-        return indices.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
-    if filter_thres is not None:
-        logits = top_k(logits, thres=filter_thres)
-    if top_p_value is not None:
-        logits = top_p(logits, p=top_p_value)
-    return gumbel_sample(logits, temperature=temperature, dim=-1, generator=generator)
+    check_sampling_args(temperature=temperature, filter_thres=filter_thres, top_p=top_p_value)
+    return _sample_logits(logits, filter_thres, top_p_value, temperature, generator)

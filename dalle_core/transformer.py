@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from itertools import cycle, islice
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +17,49 @@ from rotary_embedding_torch import RotaryEmbedding, broadcat
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ._utils import autocast_dtype, cast_tuple, default
+from ._utils import autocast_dtype, cast_tuple, check_float, check_int, default
 from .attention import Attention, AxialPattern, rotary_tables
 from .cache import KVCache
 from .linear import Linear
 from .masks import ATTN_TYPES, attention_mask
 
-__all__ = ["Transformer", "FeedForward", "TokenShift", "DivideMax", "dalle_rotary_table", "layer_scale_init"]
+__all__ = ["Transformer", "FeedForward", "TokenShift", "DivideMax", "dalle_rotary_table", "layer_scale_init",
+           "buffer_bytes", "check_buffer_bytes", "MAX_BUFFER_BYTES"]
+
+# The precomputed tables (dense boolean masks, rotary table, token-shift indices) grow with the square of the
+# sequence length; a configuration past this would exhaust memory while building them, so it is refused first.
+MAX_BUFFER_BYTES = 16 * 2**30
+
+
+def buffer_bytes(*, text_len: int, fmap_size: Optional[int], dim: int, dim_head: int, attn_types: Sequence[str],
+                 rotary: bool, shift: bool) -> int:
+    """Bytes of the non-persistent tables a causal `Transformer` builds, with the largest temporary that
+    building one of its masks needs."""
+    img_len = 0 if fmap_size is None else fmap_size**2
+    n = text_len + img_len
+    patterns = set(attn_types) | {"full"}
+    total = len(patterns) * n * n  # one dense (n, n) bool mask per pattern
+    # `image_visibility` temporaries: int64 offsets for the convolutions, a few bool grids for the others
+    per_pixel = max((24 if t.startswith("conv") else 3) for t in patterns - {"full"}) if patterns != {"full"} else 0
+    total += per_pixel * img_len * img_len
+    if rotary:
+        total += n * (dim_head // 2) * 8 + n * dim_head * 4 * 4  # complex64 table, float32 frequencies
+    if shift:
+        total += n * dim * 8 * 3  # int64 gather indices and their temporaries
+    return total
+
+
+def check_buffer_bytes(**sizes: Any) -> None:
+    """Refuse (ValueError naming the sizes) a configuration whose precomputed tables exceed MAX_BUFFER_BYTES."""
+    need = buffer_bytes(**sizes)
+    if need > MAX_BUFFER_BYTES:
+        text_len, fmap = sizes["text_len"], sizes.get("fmap_size") or 0
+        raise ValueError(
+            f"sequence too long: {text_len} text positions and a {fmap}x{fmap} image grid "
+            f"({text_len + fmap * fmap} positions in all) need {need / 2**30:.1f} GiB of precomputed attention "
+            f"masks and position tables, more than the {MAX_BUFFER_BYTES / 2**30:.0f} GiB allowed (they grow with "
+            "the square of the length): use a smaller image grid (vae image_size / 2**num_layers) or a shorter "
+            "text_seq_len / seq_len")
 
 
 class DivideMax(nn.Module):
@@ -242,6 +278,14 @@ class Transformer(nn.Module):
         conv_dilation: int = 1,
     ):
         super().__init__()
+        for name, value in (("dim", dim), ("depth", depth), ("seq_len", seq_len), ("heads", heads),
+                            ("dim_head", dim_head), ("ff_mult", ff_mult), ("conv_dilation", conv_dilation)):
+            check_int(name, value)
+        for name, value in (("image_fmap_size", image_fmap_size), ("conv_kernel_size", conv_kernel_size)):
+            if value is not None:
+                check_int(name, value)
+        check_float("attn_dropout", attn_dropout, low=0, high=1)
+        check_float("ff_dropout", ff_dropout, low=0, high=1)
         attn_types = cast_tuple(default(attn_types, ("full",)))
         for t in attn_types:
             if t == "sparse":
@@ -251,6 +295,9 @@ class Transformer(nn.Module):
                 raise ValueError(f"unknown attention type {t!r}; expected one of {ATTN_TYPES}")
         if image_fmap_size is None and (shift_tokens or rotary_emb or set(attn_types) != {"full"}):
             raise ValueError("shift_tokens, rotary_emb and sparse attention patterns need image_fmap_size")
+        if conv_kernel_size is not None and image_fmap_size is not None and conv_kernel_size > 2 * image_fmap_size + 1:
+            raise ValueError(f"conv_kernel_size={conv_kernel_size} is wider than the image grid can use (at most "
+                             f"2 * image_fmap_size + 1 = {2 * image_fmap_size + 1})")
         if rotary_emb and dim_head < 9:
             raise ValueError(f"rotary_emb rotates dim_head // 3 features per axis and needs dim_head >= 9, got {dim_head}")
         self.dim, self.depth, self.heads, self.dim_head = dim, depth, heads, dim_head
@@ -263,8 +310,14 @@ class Transformer(nn.Module):
         self.text_len = seq_len + 1 - img_len if img_len else seq_len  # positions before the image (<bos> included)
         self.total_len = self.text_len + img_len
         self.image_fmap_size = image_fmap_size
+        if self.text_len < 1:
+            raise ValueError(f"seq_len={seq_len} is shorter than the image grid ({img_len} positions from "
+                             f"image_fmap_size={image_fmap_size}); it must count text and image positions")
 
         layer_types = list(islice(cycle(attn_types), depth))
+        if causal:  # before building anything that size
+            check_buffer_bytes(text_len=self.text_len, fmap_size=image_fmap_size, dim=dim, dim_head=dim_head,
+                               attn_types=layer_types, rotary=rotary_emb, shift=shift_tokens)
         self.shift = TokenShift(dim, self.text_len, image_fmap_size) if shift_tokens else None
         shared_attn: Dict = {}
         shared_ff: Dict = {}
@@ -295,8 +348,29 @@ class Transformer(nn.Module):
             self.register_buffer("mask_full", attention_mask("full", self.text_len, image_fmap_size), persistent=False)
         self.rotary_emb = rotary_emb
         if rotary_emb:
-            table = rotary_tables(dalle_rotary_table(dim_head, self.text_len, image_fmap_size), dim_head)
-            self.register_buffer("rotary", table, persistent=False)
+            self.register_buffer("rotary", self._rotary_table(), persistent=False)
+
+    def _rotary_table(self, device: Optional[torch.device] = None) -> Tensor:
+        table = rotary_tables(dalle_rotary_table(self.dim_head, self.text_len, self.image_fmap_size), self.dim_head)
+        return table if device is None else table.to(device)
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> "Transformer":
+        """Module.to / .half() / .bfloat16() / .cuda() apply `fn` to every tensor; the complex rotary table only
+        follows the device: a dtype cast would drop its imaginary part (`.to(bfloat16)`) or its precision."""
+        table = self._buffers.pop("rotary", None)
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            if table is not None:
+                self._buffers["rotary"] = table
+        if table is not None:
+            # where `fn` sends tensors: probe it with an integer tensor, which no dtype cast touches
+            device = fn(torch.empty(0, dtype=torch.long, device=table.device)).device
+            if device != table.device:
+                # a table on 'meta' has no values to move (e.g. after `to_empty`): rebuild it
+                table = self._rotary_table(device) if table.is_meta else table.to(device)
+                self._buffers["rotary"] = table
+        return self
 
     def _mask(self, attn_type: str, start: int, end: int, key_padding_mask: Optional[Tensor]) -> Optional[Tensor]:
         if not self.causal:
@@ -310,6 +384,7 @@ class Transformer(nn.Module):
 
     def allocate_cache(self, batch: int, *, device=None, dtype=None) -> KVCache:
         """A `KVCache` for `batch` sequences of up to the full length, in the model's (or autocast's) dtype."""
+        check_int("batch", batch)
         ref = next(self.parameters())
         device = default(device, ref.device)
         if dtype is None:

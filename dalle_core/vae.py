@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ._utils import check_images, check_token_ids, default, eval_decorator
+from ._utils import check_float, check_images, check_int, check_token_ids, default, eval_decorator
 from .checkpoints import PretrainedMixin
 
 __all__ = ["DiscreteVAE", "ResBlock", "CodebookUsage", "codebook_usage"]
@@ -72,14 +72,6 @@ def codebook_usage(codes: Tensor, num_tokens: int) -> CodebookUsage:
     )
 
 
-def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _check_normalization(normalization: Any, channels: int) -> Optional[Tuple[Tuple[float, ...], ...]]:
     """Validate (means, stds) and slice each to `channels` entries, like the reference."""
     if normalization is None:
@@ -127,13 +119,13 @@ class DiscreteVAE(PretrainedMixin, nn.Module):
                                      ("codebook_dim", codebook_dim, 1), ("num_layers", num_layers, 1),
                                      ("num_resnet_blocks", num_resnet_blocks, 0), ("hidden_dim", hidden_dim, 1),
                                      ("channels", channels, 1)]:
-            _check_positive_int(name, value, minimum)
+            check_int(name, value, minimum)
         if image_size & (image_size - 1):
             raise ValueError(f"image_size must be a power of 2, got {image_size}")
         if image_size < 2 ** num_layers:
             raise ValueError(f"image_size must be at least 2**num_layers = {2 ** num_layers}, got {image_size}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_float("temperature", temperature, low=0, low_open=True)
+        check_float("kl_div_loss_weight", kl_div_loss_weight, low=0)
         self.normalization = _check_normalization(normalization, channels)
 
         self.config: Dict[str, Any] = dict(
@@ -248,14 +240,15 @@ class DiscreteVAE(PretrainedMixin, nn.Module):
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """Reconstruction in [0, 1]; or encoder logits; or the loss (and the reconstruction)."""
         img = check_images("img", img, channels=self.channels, image_size=self.image_size)
-        img = self.norm(img)
+        weight = self.codebook.weight
+        if img.device != weight.device:
+            raise ValueError(f"img is on {img.device} but the dVAE's weights are on {weight.device}; move one of them")
+        img = self.norm(img.to(weight.dtype))  # float64 input to a float32 model, float32 into a bf16 one
         logits = self.encoder(img)  # (b, num_tokens, fmap, fmap)
         if return_logits:
             return logits
 
-        temp = default(temp, self.temperature)
-        if not temp > 0:
-            raise ValueError(f"temp must be > 0, got {temp}")
+        temp = check_float("temp", default(temp, self.temperature), low=0, low_open=True)
         one_hot = self._relaxed_one_hot(logits, temp)
         sampled = torch.einsum("b n h w, n d -> b d h w", one_hot, self.codebook.weight)
         out = self.decoder(sampled)  # (b, c, image_size, image_size), normalised space

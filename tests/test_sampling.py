@@ -21,7 +21,7 @@ def test_top_k_count_keeps_exactly_k():
     kept = top_k_count(logits, 5)
     assert (torch.isfinite(kept).sum(-1) == 5).all()
     assert torch.equal(kept.argmax(-1), logits.argmax(-1))
-    with pytest.raises(ValueError, match="k must be at least 1"):
+    with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
         top_k_count(logits, 0)
 
 
