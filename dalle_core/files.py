@@ -12,10 +12,11 @@ import re
 import stat
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Type, Union
+from typing import Any, BinaryIO, Type, Union
 
-__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "check_regular_file", "json_depth", "read_bytes", "read_text",
-           "parse_json", "read_json"]
+__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "NotRegularFileError", "FileTooLargeError", "describe_mode",
+           "check_regular_file", "open_regular", "read_regular", "read_bytes", "read_text", "json_depth", "parse_json",
+           "read_json"]
 
 PathOrStr = Union[str, "os.PathLike[str]"]
 MAX_JSON_BYTES = 16 * 2**20  # config files, tokenizer JSON and headers are far smaller
@@ -25,7 +26,16 @@ _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
-def _describe_mode(mode: int) -> str:
+class NotRegularFileError(OSError, ValueError):
+    """A path that is a FIFO, a device, a socket or a directory where a regular file was expected."""
+
+
+class FileTooLargeError(OSError, ValueError):
+    """A file over the size cap of what it should hold."""
+
+
+def describe_mode(mode: int) -> str:
+    """What a stat mode is, in words (for messages)."""
     for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISSOCK, "a socket")):
@@ -48,28 +58,51 @@ def check_regular_file(path: PathOrStr, max_bytes: Union[int, None] = None, *, w
     except OSError as e:
         raise error(f"{path}: cannot be read ({what}): {e}") from e
     if not stat.S_ISREG(st.st_mode):
-        raise error(f"{path}: is {_describe_mode(st.st_mode)}; expected a regular file ({what})")
+        raise error(f"{path}: is {describe_mode(st.st_mode)}; expected a regular file ({what})")
     if max_bytes is not None and st.st_size > max_bytes:
         raise error(f"{path}: is {st.st_size} bytes; a {what} may have at most {max_bytes}")
     return path
 
 
+def open_regular(path: PathOrStr, max_bytes: Union[int, None] = None, *, what: str = "file") -> BinaryIO:
+    """`path` opened for binary reading if it is a regular file (symlinks followed) of at most `max_bytes`.
+
+    Opened without blocking (a FIFO is seen, not waited on) and checked with fstat on the open descriptor, so a
+    file swapped for a FIFO after an earlier check is refused too: NotRegularFileError or FileTooLargeError.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(f"{path}: is {describe_mode(st.st_mode)}; expected a regular file ({what})")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise FileTooLargeError(f"{path}: is {st.st_size} bytes; a {what} may have at most {max_bytes}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: PathOrStr, max_bytes: int, *, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (see `open_regular`); reads at most max_bytes + 1."""
+    with open_regular(path, max_bytes, what=what) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew since fstat
+        raise FileTooLargeError(f"{path}: holds more than {max_bytes} bytes; a {what} may have at most {max_bytes}")
+    return data
+
+
 def read_bytes(path: PathOrStr, max_bytes: int, *, what: str = "file", error: Type[Exception] = ValueError) -> bytes:
-    """The contents of regular file `path`, refused (`error` naming the file) beyond `max_bytes`; the file is
-    opened without blocking and checked again once open, so a FIFO or a file swapped in between is refused too."""
+    """`read_regular` with every refusal raised as `error` naming the file (FileNotFoundError when missing)."""
     path = check_regular_file(path, max_bytes, what=what, error=error)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        return read_regular(path, max_bytes, what=what)
+    except (NotRegularFileError, FileTooLargeError) as e:
+        raise error(str(e)) from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: does not exist (expected a {what})") from None
     except OSError as e:
-        raise error(f"{path}: cannot be opened ({what}): {e}") from e
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{path}: is {_describe_mode(st.st_mode)}; expected a regular file ({what})")
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise error(f"{path}: holds more than {max_bytes} bytes; a {what} may have at most {max_bytes}")
-    return data
+        raise error(f"{path}: cannot be read ({what}): {e}") from e
 
 
 def read_text(path: PathOrStr, max_bytes: int = MAX_JSON_BYTES, *, what: str = "file",

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import warnings
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -30,52 +29,6 @@ IMAGE_TOO_LARGE = "image_too_large"  # an image file or member over `max_image_b
 # size caps (keywords of both datasets): larger files are skipped and counted, never read whole
 MAX_CAPTION_BYTES = 1 << 20  # 1 MiB
 MAX_IMAGE_BYTES = 64 << 20  # 64 MiB
-
-
-class NotRegularFileError(OSError):
-    """A path that is not a regular file (FIFO, device, socket, directory): never read."""
-
-
-class FileTooLargeError(OSError):
-    """A file or tar member over its byte cap: never read whole."""
-
-
-def open_regular(path: PathLike, max_bytes: Optional[int] = None, what: str = "file") -> BinaryIO:
-    """`path` opened for binary reading if it is a regular file (symlinks followed) of at most `max_bytes`.
-
-    Opened without blocking (a FIFO is seen, not waited on) and checked with fstat on the open descriptor, so
-    a file swapped for a FIFO after indexing is refused too. Raises NotRegularFileError or FileTooLargeError.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise NotRegularFileError(f"{what} {str(path)!r} is not a regular file ({file_kind(info.st_mode)}); "
-                                      f"expected a regular file")
-        if max_bytes is not None and info.st_size > max_bytes:
-            raise FileTooLargeError(f"{what} {str(path)!r} is {info.st_size} bytes, over the cap of {max_bytes}")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def read_regular(path: PathLike, max_bytes: int, what: str = "file") -> bytes:
-    """The bytes of a regular file of at most `max_bytes` (see `open_regular`); reads at most max_bytes + 1."""
-    with open_regular(path, max_bytes, what) as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:  # it grew since fstat
-        raise FileTooLargeError(f"{what} {str(path)!r} is over the cap of {max_bytes} bytes")
-    return data
-
-
-def file_kind(mode: int) -> str:
-    """What a stat mode is, in words (for messages)."""
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 def check_limit(name: str, value: Any) -> int:

@@ -18,11 +18,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
+from ..files import FileTooLargeError, NotRegularFileError, read_regular
 from ..tokenizers import Tokenizer
-from ._common import (AMBIGUOUS_CAPTION, BAD_CAPTION, BAD_IMAGE, CAPTION_TOO_LARGE, EMPTY_CAPTION, IMAGE_TOO_LARGE,
-                      MAX_CAPTION_BYTES, MAX_IMAGE_BYTES, NO_CAPTION, NOT_REGULAR, FileTooLargeError,
-                      NotRegularFileError, PathLike, SkipLog, caption_lines, check_common, check_limit, check_seed,
-                      generator, mix_seed, randint, read_regular, tokenize_caption)
+from ._common import (AMBIGUOUS_CAPTION, BAD_CAPTION, BAD_IMAGE, CAPTION_TOO_LARGE, EMPTY_CAPTION,
+                      IMAGE_TOO_LARGE, MAX_CAPTION_BYTES, MAX_IMAGE_BYTES, NO_CAPTION, NOT_REGULAR, PathLike,
+                      SkipLog, caption_lines, check_common, check_limit, check_seed, generator, mix_seed, randint,
+                      tokenize_caption)
 from .images import DECODE_ERRORS, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, load_image
 
 
@@ -105,7 +106,7 @@ def index_folder(folder: PathLike, require_captions: bool = True, *, max_caption
 def _caption_problem(path: Path, max_bytes: int) -> Tuple[List[str], Optional[str]]:
     """(caption lines, None), or ([], skip reason) when the caption file is unusable; reads at most max_bytes."""
     try:
-        lines = caption_lines(read_regular(path, max_bytes, "caption file"))
+        lines = caption_lines(read_regular(path, max_bytes, what="caption file"))
     except UnicodeDecodeError:
         return [], BAD_CAPTION
     except NotRegularFileError:

@@ -26,7 +26,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from ._common import MAX_IMAGE_BYTES, FileTooLargeError, PathLike, check_limit, open_regular
+from ..files import FileTooLargeError, open_regular
+from ._common import MAX_IMAGE_BYTES, PathLike, check_limit
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -120,7 +121,7 @@ def load_image(source: Union[PathLike, bytes, BinaryIO], image_size: int, *, res
             raise FileTooLargeError(f"{where} is {len(source)} bytes, over the cap of {max_image_bytes}")
         stream: BinaryIO = io.BytesIO(source)
     elif isinstance(source, (str, Path)) or hasattr(source, "__fspath__"):
-        stream = open_regular(source, max_image_bytes, "image")
+        stream = open_regular(source, max_image_bytes, what="image")
     else:
         stream = source
     try:

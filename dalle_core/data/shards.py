@@ -36,11 +36,12 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..files import read_regular
 from ..tokenizers import Tokenizer
 from ._common import (BAD_CAPTION, BAD_IMAGE, BAD_SHARD, CAPTION_TOO_LARGE, EMPTY_CAPTION, IMAGE_TOO_LARGE,
                       MAX_CAPTION_BYTES, MAX_IMAGE_BYTES, NO_CAPTION, NO_IMAGE, PathLike, SkipLog, caption_lines,
-                      check_common, check_limit, check_seed, generator, mix_seed, randint,
-                      read_regular, resolve_rank, tokenize_caption)
+                      check_common, check_limit, check_seed, generator, mix_seed, randint, resolve_rank,
+                      tokenize_caption)
 from .folder import index_folder
 from .images import DECODE_ERRORS, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, load_image
 from .sources import open_shard, expand_urls  # expand_urls: re-exported here, where it used to live
@@ -296,7 +297,7 @@ def write_shards(pairs_or_folder: Union[PathLike, Iterable[Tuple[Union[str, Sequ
     if isinstance(samples_per_shard, bool) or not isinstance(samples_per_shard, int) or samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be an int >= 1, got {samples_per_shard!r}")
     if isinstance(pairs_or_folder, (str, Path)):
-        pairs: Iterable = [(read_regular(caption, MAX_CAPTION_BYTES, "caption file"), image)
+        pairs: Iterable = [(read_regular(caption, MAX_CAPTION_BYTES, what="caption file"), image)
                            for image, caption in index_folder(pairs_or_folder)[0] if caption is not None]
     else:
         pairs = pairs_or_folder
@@ -353,7 +354,7 @@ def _encode_image(image: ImageSource) -> Tuple[bytes, str]:
         path = Path(image)
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise ValueError(f"image file {str(path)!r} must end in one of {IMAGE_EXTENSIONS}")
-        return read_regular(path, MAX_IMAGE_BYTES, "image file"), path.suffix.lower()[1:]
+        return read_regular(path, MAX_IMAGE_BYTES, what="image file"), path.suffix.lower()[1:]
     raise TypeError(f"an image must be a PIL image, bytes or a file path, got {type(image).__name__}")
 
 

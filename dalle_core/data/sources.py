@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Dict, Iterator, List, Sequence, Tuple, Union, cast
 
-from ._common import PathLike, check_limit, open_regular
+from ..files import open_regular
+from ._common import PathLike, check_limit
 
 _REMOTE = ("http://", "https://", "pipe:")
 MAX_SOURCES = 1_000_000  # most sources one expand_urls call may produce (counted before expanding)
