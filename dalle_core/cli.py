@@ -8,12 +8,13 @@ with their defaults). Multi-GPU and multi-node runs use the same command under `
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import re
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -41,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "--folder DIR or --shards PATTERN. Run it under `accelerate launch` for several GPUs.")
         p.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its latest checkpoint (its saved flags are the "
-                            "defaults; flags given here replace them, except the model's)")
+                            "defaults; flags given here replace them, except the model's; a 'pipe:' --shards "
+                            "value is never taken from the saved flags: give --shards again). A run already past "
+                            "--steps is an error (exit 1); one exactly at --steps says so and exits 0")
         add_config_arguments(p, _trainer_class(name).config_class)
         p.set_defaults(run=_train)
 
@@ -81,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .training.batches import runs_commands
     from .training.common import RUN_CONFIG_NAME
     from .training.config import config_from_args, load_config_file
 
@@ -89,7 +93,12 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(getattr(args, "out", config_class().out))
     saved = out / RUN_CONFIG_NAME
     base = load_config_file(config_class, saved) if args.resume and saved.is_file() else None
-    trainer = trainer_class(config_from_args(config_class, args, base), resume=args.resume)
+    given_shards = "shards" in vars(args)  # only shards typed on this command line may run a command
+    if base is not None and runs_commands(base.shards) and not given_shards:
+        raise ValueError(f"{saved} names shards that run a command ({base.shards!r}); a saved run config never "
+                         "runs commands: pass --shards again on the command line to resume")
+    config = config_from_args(config_class, args, base)
+    trainer = trainer_class(config, resume=args.resume, allow_pipe=given_shards)
     trainer.train()
     trainer.accelerator.end_training()
     return 0
@@ -109,6 +118,30 @@ def _read_prompts(args: argparse.Namespace) -> List[str]:
     return prompts
 
 
+def _device(name: Optional[str]) -> Any:
+    """The torch device --device names (default: cuda when available, else cpu), checked to exist here."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device must be a torch device such as cpu, cuda or cuda:1, got {name!r}") from None
+    if device.type == "cpu":
+        return device
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise ValueError(f"--device {name}: no {device.type} device is available on this machine (torch "
+                         f"{torch.__version__}); use --device cpu")
+    count = getattr(backend, "device_count", None)
+    if device.index is not None and count is not None and device.index >= count():
+        raise ValueError(f"--device {name}: this machine has {count()} {device.type} device(s), "
+                         f"numbered from 0")
+    return device
+
+
 def _generate(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
@@ -119,11 +152,20 @@ def _generate(args: argparse.Namespace) -> int:
     from .training.checkpointing import find_tokenizer, load_tokenizer
     from .training.outputs import save_image_grid, to_pil
 
+    from .sampling import check_sampling_args
+
     for name in ("num_images", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    try:
+        check_sampling_args(temperature=args.temperature, filter_thres=args.filter_thres, top_p=args.top_p,
+                            cond_scale=args.cond_scale)
+    except ValueError as err:
+        raise ValueError(f"--{str(err).replace('_', '-')}") from None
+    if args.num_init_img_tokens is not None and args.num_init_img_tokens < 0:
+        raise ValueError(f"--num-init-img-tokens must be >= 0, got {args.num_init_img_tokens}")
     prompts = _read_prompts(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args.device)
     dalle = DALLE.from_pretrained(args.checkpoint, map_location=device)
     tokenizer_path = args.tokenizer or find_tokenizer(args.checkpoint)
     if tokenizer_path is None:
@@ -185,13 +227,29 @@ def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe(err: BaseException) -> str:
+    """One line for a user error: OSErrors as 'what: path' (disk full said plainly), others as their message."""
+    if isinstance(err, OSError) and err.strerror:
+        what = err.strerror
+        if err.errno == errno.ENOSPC and "disk full" not in what:
+            what = f"disk full (no space left on the device): {what}"
+        text = f"{what}: {err.filename}" if err.filename else what
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run `dalle-core` with `argv` (default: sys.argv[1:]); returns the exit status."""
+    """Run `dalle-core` with `argv` (default: sys.argv[1:]); returns the exit status (1 for a user error)."""
     args = build_parser().parse_args(argv)
+    from .training.common import NonFiniteError
+
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, ImportError) as err:  # user errors: one line, no traceback
-        print(f"dalle-core {args.command}: error: {err}", file=sys.stderr)
+    # user errors: a one-line message, no traceback (CheckpointError is a ValueError; FileNotFoundError and
+    # PermissionError are OSErrors); anything else is a bug and keeps its traceback
+    except (ValueError, TypeError, OSError, ImportError, NonFiniteError) as err:
+        print(f"dalle-core {args.command}: error: {_describe(err)}", file=sys.stderr)
         return 1
 
 

@@ -7,7 +7,7 @@ vae = train_vae(VAETrainConfig(folder="data/", out="runs/vae", image_size=64, st
 `dalle-core train-vae|train-dalle|train-clip` map their flags onto the same config dataclasses.
 """
 from .clip import CLIPTrainConfig, CLIPTrainer, train_clip
-from .common import Trainer
+from .common import NonFiniteError, Trainer
 from .config import TrainConfig
 from .dalle import DALLETrainConfig, DALLETrainer, load_vae, train_dalle
 from .ema import EMA
@@ -17,6 +17,7 @@ from .vae import VAETrainConfig, VAETrainer, train_vae
 __all__ = [
     "TrainConfig",
     "Trainer",
+    "NonFiniteError",
     "VAETrainConfig",
     "VAETrainer",
     "train_vae",

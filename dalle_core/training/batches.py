@@ -25,7 +25,8 @@ from ..data._common import generator, mix_seed
 from ..tokenizers import Tokenizer
 from .config import TrainConfig
 
-__all__ = ["Batch", "EpochShuffle", "SeededSamples", "BatchStream", "build_dataset", "skip_counts"]
+__all__ = ["Batch", "EpochShuffle", "SeededSamples", "BatchStream", "build_dataset", "skip_counts", "runs_commands",
+           "PIPE_PREFIX"]
 
 
 class Batch(NamedTuple):
@@ -36,10 +37,22 @@ class Batch(NamedTuple):
     ids: Optional[Tensor]
 
 
+PIPE_PREFIX = "pipe:"  # a shard source that runs a shell command
+
+
+def runs_commands(shards: Optional[str]) -> bool:
+    """Whether a --shards value names a `pipe:` source anywhere (such a source runs a shell command)."""
+    return shards is not None and PIPE_PREFIX in shards
+
+
 def build_dataset(config: TrainConfig, *, text_len: int, image_size: int, tokenizer: Optional[Tokenizer],
                   transparent: bool, truncate_captions: bool, rank: int, world_size: int,
-                  require_captions: bool = True) -> Dataset:
-    """The dataset `config.folder` or `config.shards` names (exactly one of them)."""
+                  require_captions: bool = True, allow_pipe: bool = False) -> Dataset:
+    """The dataset `config.folder` or `config.shards` names (exactly one of them).
+
+    `pipe:` shard sources run shell commands: they are refused unless `allow_pipe` says the shards value came
+    from the current invocation (the command line or the Python call), never from a saved run config.
+    """
     if (config.folder is None) == (config.shards is None):
         raise ValueError("give exactly one data source: a folder (--folder) or tar shards (--shards), "
                          f"got folder={config.folder!r}, shards={config.shards!r}")
@@ -48,9 +61,12 @@ def build_dataset(config: TrainConfig, *, text_len: int, image_size: int, tokeni
                   require_captions=require_captions)
     if config.folder is not None:
         return TextImageDataset(config.folder, **common, seed=config.seed)
+    if runs_commands(config.shards) and not allow_pipe:
+        raise ValueError(f"shards {config.shards!r} run a command ({PIPE_PREFIX}...), which is only allowed when "
+                         "given on the current command line: pass --shards again")
     urls = [u.strip() for u in config.shards.split(",") if u.strip()]
     return WebTextImageDataset(urls, **common, shuffle_buffer=config.shuffle_buffer, seed=config.seed, rank=rank,
-                               world_size=world_size)
+                               world_size=world_size, allow_pipe=allow_pipe)
 
 
 def skip_counts(dataset: Dataset) -> Dict[str, int]:

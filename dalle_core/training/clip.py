@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .._utils import check_int
 from ..clip import CLIP
 from .batches import Batch
 from .checkpointing import find_tokenizer, load_tokenizer, save_tokenizer
@@ -37,6 +38,20 @@ class CLIPTrainConfig(TrainConfig):
     visual_image_size: int = option(256, "image side in pixels", "model")
     visual_patch_size: int = option(32, "patch side in pixels", "model")
     channels: int = option(3, "image channels: 3 (RGB) or 4 (RGBA)", "model")
+
+    def validate(self) -> None:
+        """Also refuse encoder sizes that cannot build a model, before any training step."""
+        super().validate()
+        for name in ("dim_text", "dim_image", "dim_latent", "text_enc_depth", "text_seq_len", "text_heads",
+                     "visual_enc_depth", "visual_heads", "visual_image_size", "visual_patch_size"):
+            check_int(name, getattr(self, name), minimum=1)
+        if self.visual_image_size % self.visual_patch_size:
+            raise ValueError(f"visual_image_size ({self.visual_image_size}) must be divisible by visual_patch_size "
+                             f"({self.visual_patch_size})")
+        if self.channels not in (3, 4) or isinstance(self.channels, bool):
+            raise ValueError(f"channels must be 3 (RGB) or 4 (RGBA), got {self.channels!r}")
+        if self.tokenizer is not None and not isinstance(self.tokenizer, str):
+            raise TypeError(f"tokenizer must be a str (a path) or None, got {type(self.tokenizer).__name__}")
 
 
 class CLIPTrainer(Trainer):

@@ -8,8 +8,11 @@ a run resumed from a checkpoint ends with the same weights as one that never sto
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Type
@@ -26,15 +29,26 @@ from .. import __version__
 from ..checkpoints import save_training_state, load_training_state
 from ..data._common import mix_seed
 from .batches import Batch, BatchStream, build_dataset, skip_counts
-from .checkpointing import crash_point, latest_checkpoint, write_checkpoint
+from .checkpointing import CHECKPOINTS_DIR, checkpoint_path, crash_point, latest_checkpoint, write_checkpoint
 from .config import TrainConfig, config_to_dict, load_config_file
 from .ema import EMA, rebuild
 from .outputs import SAMPLE_IDS_NAME, MetricsLog, record_sample_ids, truncate_metrics, weight_checksum
 from .schedules import warmup_cosine_scheduler
 
-__all__ = ["Trainer", "make_optimizer", "RUN_CONFIG_NAME"]
+__all__ = ["Trainer", "make_optimizer", "NonFiniteError", "clean_stale_temp", "RUN_CONFIG_NAME"]
 
 RUN_CONFIG_NAME = "train_config.json"
+# our own leftovers of a killed run: atomic-write files (.NAME.HEX.tmp) and checkpoint staging directories
+_TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8,32}\.tmp$")
+_TEMP_CHECKPOINT = re.compile(r"^\.step-\d+\.(tmp-(old-)?[0-9a-f]{8}|accelerate)$")
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped because the loss or the weights became NaN or infinite (no checkpoint of them written)."""
+
+    def __init__(self, message: str, *, step: int, what: str):
+        super().__init__(message)
+        self.step, self.what = step, what
 
 
 # --- pieces ---------------------------------------------------------------------------------------------------
@@ -46,6 +60,23 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=tuple(config.betas))
+
+
+def clean_stale_temp(out: Path) -> None:
+    """Remove the temporary files and checkpoint staging directories a killed run left in `out` (ours only)."""
+    folders = [out, out / "model", out / "ema"]
+    root = out / CHECKPOINTS_DIR
+    if root.is_dir():
+        for entry in root.iterdir():
+            if _TEMP_CHECKPOINT.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.is_dir() and not entry.name.startswith("."):
+                folders += [entry, entry / "model", entry / "ema"]
+    for folder in folders:
+        if folder.is_dir() and not folder.is_symlink():
+            for entry in folder.iterdir():
+                if _TEMP_FILE.match(entry.name) and (entry.is_file() or entry.is_symlink()):
+                    entry.unlink(missing_ok=True)
 
 
 def _has_accelerator() -> bool:
@@ -60,18 +91,27 @@ class Trainer:
 
     `Trainer(config).train()` trains for `config.steps` updates and returns the trained model (the raw weights;
     `trainer.ema` holds the EMA). With `resume=True` it continues the run in `config.out` from its latest
-    checkpoint (or starts one when there is none). `dataset` replaces the folder/shards of the config with any
-    dataset of (caption ids, image) pairs.
+    checkpoint (or starts one when there is none); resuming a run already past `config.steps` raises
+    ValueError, one exactly at it only re-exports the model. `dataset` replaces the folder/shards of the config
+    with any dataset of (caption ids, image) pairs. `allow_pipe=False` refuses `pipe:` shard sources (they run
+    commands): the CLI passes it when the shards value came from a saved run config, not from the user.
+    A NaN or infinite loss or weights raise `NonFiniteError` before any checkpoint of them is written.
     """
 
     config_class: Type[TrainConfig] = TrainConfig
     kind = "model"
 
-    def __init__(self, config: TrainConfig, *, dataset: Optional[Dataset] = None, resume: bool = False):
+    def __init__(self, config: TrainConfig, *, dataset: Optional[Dataset] = None, resume: bool = False,
+                 allow_pipe: bool = True):
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         config.validate()
         self.config, self.out, self.resume, self._dataset = config, Path(config.out), resume, dataset
+        self.allow_pipe = bool(allow_pipe)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"the output directory (--out) {str(self.out)!r} is a file, expected a directory "
+                             "(new, or holding a run)")
+        self._resume_loss: Tuple[float, int] = (0.0, 0)
         # a fresh Accelerator per trainer, so one notebook can run trainers with different precisions in turn
         AcceleratorState._reset_state()
         GradientState._reset_state()
@@ -131,7 +171,29 @@ class Trainer:
                 detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
                 raise ValueError(f"cannot resume {self.out} with a different model ({detail}); leave the model "
                                  "flags as they were")
+        if found is not None:
+            at, steps = int(found.name.split("-")[-1]), self.config.steps
+            if at > steps:
+                raise ValueError(f"the run in {self.out} is already at update {at}, past --steps {steps}: pass "
+                                 f"--steps above {at} to train it further")
+            if at == steps:
+                self.accelerator.print(f"the run in {self.out} is already at update {at} = --steps {steps}: "
+                                       "nothing to train; re-exporting its final model (pass a larger --steps to "
+                                       "train further)")
         return found if self.resume else None
+
+    def _prepare_out(self) -> None:
+        """Create --out, check that it is writable, and remove what a killed run left half-written there."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / f".write-test.{uuid.uuid4().hex[:8]}.tmp"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            reason = "permission denied" if isinstance(err, PermissionError) else (err.strerror or str(err))
+            raise type(err)(err.errno or errno.EIO, f"cannot write to the output directory (--out): {reason}",
+                            str(self.out)) from err
+        clean_stale_temp(self.out)
 
     def _write_run_config(self) -> None:
         doc = {"trainer": self.kind, "dalle_core_version": __version__, "config": config_to_dict(self.config)}
@@ -143,11 +205,14 @@ class Trainer:
     def train(self) -> nn.Module:
         """Train to `config.steps` updates (continuing from the latest checkpoint when resuming)."""
         cfg, acc = self.config, self.accelerator
+        if self.is_main:
+            self._prepare_out()
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         model = self.load_model(self.checkpoint / "model") if self.checkpoint else self.build_model()
         model.train()
         dataset = self._dataset if self._dataset is not None else build_dataset(
-            cfg, rank=acc.process_index, world_size=acc.num_processes, **self.dataset_options(model))
+            cfg, rank=acc.process_index, world_size=acc.num_processes, allow_pipe=self.allow_pipe,
+            **self.dataset_options(model))
         stream = BatchStream(dataset, accelerator=acc, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                              seed=cfg.seed)
         model.to(acc.device)
@@ -169,7 +234,6 @@ class Trainer:
 
         step = self._restore() if self.checkpoint else 0
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             self._write_run_config()
             if self.checkpoint:  # records written after that checkpoint by the run that stopped
                 truncate_metrics(self.out, step)
@@ -198,46 +262,89 @@ class Trainer:
         cfg, acc, model, optimizer = self.config, self.accelerator, self.model, self.optimizer
         bar = tqdm(total=cfg.steps, initial=step, disable=not self.is_main, desc=f"train-{self.kind}",
                    dynamic_ncols=True)
-        running, count = torch.zeros((), device=acc.device), 0
+        # the running loss sum since the last logged row (restored on resume, so rows average the same updates)
+        running, count = torch.tensor(self._resume_loss[0], device=acc.device), self._resume_loss[1]
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)  # first update with a bad loss
+        self._bad_loss = torch.zeros((), device=acc.device)
         batches = iter(self.stream)
-        while step < cfg.steps:
-            epoch, index, batch = next(batches)
-            torch.manual_seed(mix_seed(cfg.seed, "step", acc.process_index, epoch, index))
-            with acc.accumulate(model):
-                loss, metrics = self.compute_loss(model, batch, step)
-                acc.backward(loss)
-                grad_norm = None
-                if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if cfg.debug_record:
-                record_sample_ids(acc, self.out / SAMPLE_IDS_NAME, step + 1, epoch, index, batch)
-            running, count = running + loss.detach().float(), count + 1
-            if not acc.sync_gradients:
-                continue
-            self.scheduler.step()
-            step += 1
-            if self.ema is not None:
-                self.ema.update(self.unwrapped)
-            bar.update(1)
-            crash_point("step", step)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                mean_loss = acc.reduce(running / count, "mean").item()
-                row = {"loss": mean_loss, "lr": lr, "epoch": epoch, **metrics}
-                if grad_norm is not None:
-                    row["grad_norm"] = float(grad_norm)
-                if self.is_main:
-                    row.update(self.extra_metrics(self.unwrapped, batch))
-                self.log.log(step, row)
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-                running, count = torch.zeros((), device=acc.device), 0
-            if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
-                self._samples(step)
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                self._save(step)
-        bar.close()
+        try:  # the bar ends its line before any error message is printed
+            while step < cfg.steps:
+                epoch, index, batch = next(batches)
+                torch.manual_seed(mix_seed(cfg.seed, "step", acc.process_index, epoch, index))
+                with acc.accumulate(model):
+                    loss, metrics = self.compute_loss(model, batch, step)
+                    acc.backward(loss)
+                    grad_norm = None
+                    if acc.sync_gradients and cfg.max_grad_norm > 0:
+                        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    lr = optimizer.param_groups[0]["lr"]
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if cfg.debug_record:
+                    record_sample_ids(acc, self.out / SAMPLE_IDS_NAME, step + 1, epoch, index, batch)
+                detached = loss.detach().float()
+                running, count = running + detached, count + 1
+                new_bad = ~torch.isfinite(detached) & (self._bad_step < 0)  # no sync: read when logging or saving
+                self._bad_step = torch.where(new_bad, step + 1, self._bad_step)
+                self._bad_loss = torch.where(new_bad, detached, self._bad_loss)
+                if not acc.sync_gradients:
+                    continue
+                self.scheduler.step()
+                step += 1
+                if self.ema is not None:
+                    self.ema.update(self.unwrapped)
+                bar.update(1)
+                crash_point("step", step)
+                logs = step % cfg.log_every == 0 or step == cfg.steps
+                samples = bool(cfg.sample_every) and (step % cfg.sample_every == 0 or step == cfg.steps)
+                saves = step % cfg.save_every == 0 or step == cfg.steps
+                if logs or samples or saves:
+                    self._check_loss(step)
+                if logs:
+                    mean_loss = acc.reduce(running / count, "mean").item()
+                    row = {"loss": mean_loss, "lr": lr, "epoch": epoch, **metrics}
+                    if grad_norm is not None:
+                        row["grad_norm"] = float(grad_norm)
+                    if self.is_main:
+                        row.update(self.extra_metrics(self.unwrapped, batch))
+                    self.log.log(step, row)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    running, count = torch.zeros((), device=acc.device), 0
+                if samples or saves:  # never draw from, nor save, NaN weights
+                    self._check_weights(step)
+                if samples:
+                    self._samples(step)
+                if saves:
+                    self._save(step, running, count)
+        finally:
+            bar.close()
+
+    # --- NaN / inf guards -------------------------------------------------------------------------------------
+
+    def _stop_message(self, step: int) -> str:
+        last = latest_checkpoint(self.out)
+        kept = f"the last good checkpoint is {last}" if last is not None else "no checkpoint was written"
+        return (f"stopped at update {step} without saving; {kept} (try a lower --lr, --max-grad-norm or "
+                "--warmup-steps, or --no-bf16)")
+
+    def _check_loss(self, step: int) -> None:
+        """Raise NonFiniteError when a micro-batch loss since the start was NaN or infinite (on any process)."""
+        acc = self.accelerator
+        firsts = acc.gather(self._bad_step.reshape(1))
+        bad = [int(s) for s in firsts.tolist() if s >= 0]
+        if bad:
+            value = float(self._bad_loss) if int(self._bad_step) >= 0 else float("nan")
+            raise NonFiniteError(f"the {self.kind} loss became non-finite ({value}) at update {min(bad)}; "
+                                 + self._stop_message(step), step=min(bad), what="loss")
+
+    def _check_weights(self, step: int) -> None:
+        """Raise NonFiniteError when a weight of the model (this process's part of it) is NaN or infinite."""
+        params = [p.detach() for p in self.accelerator.unwrap_model(self.model).parameters() if p.numel()]
+        finite = torch.stack([torch.isfinite(p).all() for p in params]).all() if params else torch.tensor(True)
+        everywhere = self.accelerator.gather(finite.reshape(1).to(self.accelerator.device, torch.float32))
+        if not bool(everywhere.min() > 0):
+            raise NonFiniteError(f"the {self.kind} model's weights became non-finite (NaN or inf) by update {step}; "
+                                 + self._stop_message(step), step=step, what="weights")
 
     def sample_model(self) -> nn.Module:
         """The model to sample from and to export: the EMA one when there is one and `use_ema`, else the raw one."""
@@ -264,9 +371,10 @@ class Trainer:
         full.load_state_dict(state)
         return full
 
-    def _save(self, step: int) -> None:
+    def _save(self, step: int, running: Tensor, count: int) -> None:
         acc = self.accelerator
         data_state = self.stream.state()  # a collective for shards: every process calls it
+        loss_sums = gather_object([float(running)])  # each process's running loss since its last logged row
         full = self._full_model()
         staging = self.out / "checkpoints" / f".step-{step:08d}.accelerate"
         if self.sharded:  # sharded optimizer states are saved by every process, in Accelerate's format
@@ -280,10 +388,20 @@ class Trainer:
                 crash_point("checkpoint", step)
                 if self.sharded:
                     os.replace(staging, tmp / "accelerate")
+                extra = {"trainer": self.kind, "loss_sums": loss_sums, "loss_count": count}
                 save_training_state(tmp, optimizer=None if self.sharded else self.optimizer, scheduler=self.scheduler,
-                                    step=step, ema=self.ema, data_state=data_state, extra={"trainer": self.kind})
+                                    step=step, ema=self.ema, data_state=data_state, extra=extra)
 
-            write_checkpoint(self.out, step, write, self.config.keep_checkpoints)
+            try:
+                write_checkpoint(self.out, step, write, self.config.keep_checkpoints)
+            except OSError as err:
+                if err.errno != errno.ENOSPC:
+                    raise
+                previous = latest_checkpoint(self.out)
+                kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint"
+                raise OSError(errno.ENOSPC, f"disk full (no space left on the device) while writing the checkpoint "
+                                            f"of update {step}; {kept}; free space and rerun with --resume",
+                              str(checkpoint_path(self.out, step))) from err
         acc.wait_for_everyone()
 
     def _restore(self) -> int:
@@ -294,12 +412,18 @@ class Trainer:
         if self.sharded:
             acc.load_state(str(self.checkpoint / "accelerate"))
         self.stream.load_state(info["data_state"] or {})
+        extra = info.get("extra") or {}
+        sums, count = extra.get("loss_sums"), extra.get("loss_count", 0)
+        if isinstance(sums, list) and sums and isinstance(count, int):
+            same = len(sums) == acc.num_processes
+            self._resume_loss = (float(sums[acc.process_index] if same else sum(sums) / len(sums)), count)
         return int(info["step"])
 
     # --- the end --------------------------------------------------------------------------------------------------
 
     def _finish(self, dataset: Dataset) -> None:
         acc, step = self.accelerator, self.config.steps
+        self._check_weights(step)
         full = self._full_model()
         if self.is_main:
             self.export(self.sample_model() if not self.sharded else full, self.out / "model")

@@ -13,7 +13,10 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from os import PathLike
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar
+
+from .._utils import check_float, check_int
 
 __all__ = ["option", "TrainConfig", "add_config_arguments", "config_from_args", "config_to_dict", "config_from_dict",
            "load_config_file", "MODEL_GROUP"]
@@ -36,7 +39,9 @@ class TrainConfig:
 
     folder: Optional[str] = option(None, "folder of images with same-stem .txt captions (train-vae: images alone)", "data")
     shards: Optional[str] = option(None, "WebDataset tar shards: a file, a directory, a URL or a brace pattern "
-                                         "(several separated by commas)", "data")
+                                         "(several separated by commas); a 'pipe:COMMAND' source runs COMMAND "
+                                         "and is accepted only from the current command line, never from a "
+                                         "saved train_config.json (on --resume pass --shards again)", "data")
     resize_ratio: float = option(0.75, "random crops cover between this fraction of the image and all of it", "data")
     shuffle_buffer: int = option(1000, "shards only: samples in the shuffle buffer (0: read in order)", "data")
     num_workers: int = option(0, "DataLoader worker processes per training process", "data")
@@ -71,28 +76,31 @@ class TrainConfig:
                                        "tests and debugging data sharding")
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field whose value cannot work."""
-        positive = ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep_checkpoints", "num_samples")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        for name in ("warmup_steps", "sample_every", "num_workers", "shuffle_buffer"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1) (0 turns EMA off), got {self.ema_decay}")
-        if self.max_grad_norm < 0 or self.weight_decay < 0:
-            raise ValueError("max_grad_norm and weight_decay must be >= 0")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        """Raise ValueError (TypeError for a value of the wrong type) naming the first field that cannot work."""
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "save_every", "keep_checkpoints",
+                     "num_samples"):
+            check_int(name, getattr(self, name), minimum=1)
+        for name in ("warmup_steps", "sample_every", "num_workers", "shuffle_buffer", "seed"):
+            check_int(name, getattr(self, name), minimum=0)
+        check_float("lr", self.lr, low=0.0, low_open=True)
+        check_float("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        check_float("weight_decay", self.weight_decay, low=0.0)
+        check_float("max_grad_norm", self.max_grad_norm, low=0.0)
+        check_float("ema_decay", self.ema_decay, low=0.0, high=1.0, high_open=True)
+        check_float("resize_ratio", self.resize_ratio, low=0.0, high=1.0, low_open=True)
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if not 0 < self.resize_ratio <= 1:
-            raise ValueError(f"resize_ratio must be in (0, 1], got {self.resize_ratio}")
+        for i, beta in enumerate(self.betas):
+            check_float(f"betas[{i}]", beta, low=0.0, high=1.0, high_open=True)
+        for name in ("folder", "shards"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a str (a path) or None, got {type(value).__name__} {value!r}")
+        if not isinstance(self.out, (str, PathLike)) or not str(self.out):
+            raise TypeError(f"out must be a non-empty path, got {type(self.out).__name__} {self.out!r}")
+        for name in ("bf16", "use_ema", "cpu", "tensorboard", "wandb", "debug_record"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def model_fields(self) -> Dict[str, Any]:
         """The fields in the model group, by name."""

@@ -8,7 +8,10 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .._utils import check_float, check_int
 from ..dalle import DALLE
+from ..masks import ATTN_TYPES
+from ..sampling import check_sampling_args
 from ..interop import load_dalle_pytorch_vae
 from ..vae import DiscreteVAE
 from .batches import Batch
@@ -70,9 +73,31 @@ class DALLETrainConfig(TrainConfig):
     sample_temperature: float = option(1.0, "sampling temperature for the sample grids")
 
     def validate(self) -> None:
+        """Also refuse model sizes and sampling settings that cannot work, before any training step."""
         super().validate()
-        if not 0 <= self.null_cond_prob <= 1:
-            raise ValueError(f"null_cond_prob must be in [0, 1], got {self.null_cond_prob}")
+        for name in ("dim", "depth", "heads", "dim_head", "text_seq_len"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_float("null_cond_prob", self.null_cond_prob, low=0.0, high=1.0)
+        check_float("attn_dropout", self.attn_dropout, low=0.0, high=1.0, high_open=True)
+        check_float("ff_dropout", self.ff_dropout, low=0.0, high=1.0, high_open=True)
+        check_float("loss_img_weight", self.loss_img_weight, low=0.0)
+        if not isinstance(self.attn_types, (tuple, list)) or not self.attn_types:
+            raise ValueError(f"attn_types must name at least one attention pattern, got {self.attn_types!r}")
+        unknown = [t for t in self.attn_types if t not in ATTN_TYPES]
+        if unknown:
+            raise ValueError(f"attn_types must be among {tuple(ATTN_TYPES)}, got {unknown[0]!r}")
+        for name in ("vae", "tokenizer"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a str (a path) or None, got {type(value).__name__} {value!r}")
+        if self.sample_captions is not None and (not isinstance(self.sample_captions, (tuple, list)) or not all(
+                isinstance(c, str) for c in self.sample_captions)):
+            raise TypeError(f"sample_captions must be a list of strings, got {self.sample_captions!r}")
+        try:
+            check_sampling_args(temperature=self.sample_temperature, filter_thres=self.sample_filter_thres,
+                                cond_scale=self.sample_cond_scale)
+        except (TypeError, ValueError) as err:  # name the config field, not the sampling argument
+            raise type(err)(f"sample_{err}") from None
 
 
 class DALLETrainer(Trainer):

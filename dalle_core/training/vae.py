@@ -8,6 +8,7 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import Tensor, nn
 
+from .._utils import check_float, check_int
 from ..vae import DiscreteVAE, codebook_usage
 from .batches import Batch
 from .common import Trainer
@@ -44,13 +45,27 @@ class VAETrainConfig(TrainConfig):
     kl_warmup_steps: int = option(5000, "updates of cosine warm-up of the KL weight from 0", "optim")
 
     def validate(self) -> None:
+        """Also refuse model sizes and schedule values that cannot train (before any model is built)."""
         super().validate()
-        if not (self.temp_start > 0 and self.temp_end > 0):
-            raise ValueError(f"temperatures must be > 0, got temp_start={self.temp_start}, temp_end={self.temp_end}")
-        if self.temp_anneal_steps < 0 or self.kl_warmup_steps < 0 or self.kl_weight < 0:
-            raise ValueError("temp_anneal_steps, kl_warmup_steps and kl_weight must be >= 0")
-        if self.channels not in (3, 4):
-            raise ValueError(f"channels must be 3 (RGB) or 4 (RGBA), got {self.channels}")
+        size = check_int("image_size", self.image_size, minimum=2)
+        if size & (size - 1):
+            raise ValueError(f"image_size must be a power of 2, got {size}")
+        for name in ("num_tokens", "codebook_dim", "num_layers", "hidden_dim"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("num_resnet_blocks", self.num_resnet_blocks, minimum=0)
+        if 2 ** self.num_layers > size:
+            raise ValueError(f"num_layers {self.num_layers} halves image_size {size} below one pixel: need "
+                             f"2**num_layers <= image_size")
+        if self.channels not in (3, 4) or isinstance(self.channels, bool):
+            raise ValueError(f"channels must be 3 (RGB) or 4 (RGBA), got {self.channels!r}")
+        check_float("temp_start", self.temp_start, low=0.0, low_open=True)
+        check_float("temp_end", self.temp_end, low=0.0, low_open=True)
+        check_float("kl_weight", self.kl_weight, low=0.0)
+        check_int("temp_anneal_steps", self.temp_anneal_steps, minimum=0)
+        check_int("kl_warmup_steps", self.kl_warmup_steps, minimum=0)
+        for name in ("smooth_l1_loss", "straight_through", "reinmax"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def temperature(self, step: int) -> float:
         """Gumbel-softmax temperature of update `step`."""
