@@ -242,7 +242,7 @@ def _describe(err: BaseException) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run `dalle-core` with `argv` (default: sys.argv[1:]); returns the exit status (1 for a user error)."""
     args = build_parser().parse_args(argv)
-    from .training.common import NonFiniteError
+    from .errors import NonFiniteError
 
     try:
         return args.run(args)

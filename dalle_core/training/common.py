@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..checkpoints import save_training_state, load_training_state
+from ..errors import NonFiniteError
 from ..data._common import mix_seed
 from .batches import Batch, BatchStream, build_dataset, skip_counts
 from .checkpointing import CHECKPOINTS_DIR, checkpoint_path, crash_point, latest_checkpoint, write_checkpoint
@@ -41,14 +42,6 @@ RUN_CONFIG_NAME = "train_config.json"
 # our own leftovers of a killed run: atomic-write files (.NAME.HEX.tmp) and checkpoint staging directories
 _TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8,32}\.tmp$")
 _TEMP_CHECKPOINT = re.compile(r"^\.step-\d+\.(tmp-(old-)?[0-9a-f]{8}|accelerate)$")
-
-
-class NonFiniteError(RuntimeError):
-    """Training stopped because the loss or the weights became NaN or infinite (no checkpoint of them written)."""
-
-    def __init__(self, message: str, *, step: int, what: str):
-        super().__init__(message)
-        self.step, self.what = step, what
 
 
 # --- pieces ---------------------------------------------------------------------------------------------------
