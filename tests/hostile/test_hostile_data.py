@@ -7,7 +7,8 @@ still work), symlink loops (a directory loop and an alias of a sibling count eac
 (captions and images over their byte caps in folders and shards, an oversized pax header, the shuffle buffer's
 byte cap), pixel budget (a 12000x12000 PNG refused undecoded, the `max_image_pixels` keyword, a 6000x4000 JPEG
 decoded at reduced scale with the same crop) and truncated tars (four kinds of cut reported as bad shards,
-four complete tar flavours reporting nothing). 33 cases in all, parametrised cases counted.
+four complete tar flavours reporting nothing). 33 cases in all, parametrised cases counted
+(`test_hostile_counts.py` keeps the number true).
 """
 from __future__ import annotations
 
