@@ -411,3 +411,11 @@ def test_two_processes_read_disjoint_shards_without_double_sharding(tmp_path, fo
     rank0, rank1 = ({k for r in rows for k in r["ids"][rank]} for rank in (0, 1))
     assert len(rank0) == len(rank1) == 6  # each rank reads its 6 samples: Accelerate did not split them again
     assert not rank0 & rank1
+
+
+def test_shards_flag_splits_at_commas_outside_brace_lists():
+    from dalle_core.training.batches import split_outside_braces
+
+    assert split_outside_braces("a.tar,s-{x,y}.tar,c-{0..3}-{a,{b,c}}.tar") == ["a.tar", "s-{x,y}.tar",
+                                                                               "c-{0..3}-{a,{b,c}}.tar"]
+    assert split_outside_braces("one.tar") == ["one.tar"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from accelerate.utils import gather_object
@@ -40,6 +40,17 @@ class Batch(NamedTuple):
 PIPE_PREFIX = "pipe:"  # a shard source that runs a shell command
 
 
+def split_outside_braces(text: str) -> List[str]:
+    """`text` split at the commas that are not inside a brace list: "a.tar,s-{x,y}.tar" -> a.tar, s-{x,y}.tar."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char == "{") - (char == "}")
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
 def runs_commands(shards: Optional[str]) -> bool:
     """Whether a --shards value names a `pipe:` source anywhere (such a source runs a shell command)."""
     return shards is not None and PIPE_PREFIX in shards
@@ -64,7 +75,7 @@ def build_dataset(config: TrainConfig, *, text_len: int, image_size: int, tokeni
     if runs_commands(config.shards) and not allow_pipe:
         raise ValueError(f"shards {config.shards!r} run a command ({PIPE_PREFIX}...), which is only allowed when "
                          "given on the current command line: pass --shards again")
-    urls = [u.strip() for u in config.shards.split(",") if u.strip()]
+    urls = [u.strip() for u in split_outside_braces(config.shards) if u.strip()]
     return WebTextImageDataset(urls, **common, shuffle_buffer=config.shuffle_buffer, seed=config.seed, rank=rank,
                                world_size=world_size, allow_pipe=allow_pipe)
 
