@@ -149,7 +149,7 @@ class DiscreteVAE(PretrainedMixin, nn.Module):
 
         self.codebook = nn.Embedding(num_tokens, codebook_dim)
 
-        # Layer order (and so state-dict indices) follows the reference exactly.
+        # Layer order (and so state-dict indices) and creation order follow the reference exactly.
         has_resblocks = num_resnet_blocks > 0
         enc_layers: list = []
         dec_layers: list = []
@@ -158,8 +158,9 @@ class DiscreteVAE(PretrainedMixin, nn.Module):
             enc_layers.append(nn.Sequential(nn.Conv2d(enc_in, hidden_dim, 4, stride=2, padding=1), nn.ReLU()))
             dec_layers.append(nn.Sequential(nn.ConvTranspose2d(dec_in, hidden_dim, 4, stride=2, padding=1), nn.ReLU()))
             enc_in = dec_in = hidden_dim
-        enc_layers += [ResBlock(hidden_dim) for _ in range(num_resnet_blocks)]
-        dec_layers[:0] = [ResBlock(hidden_dim) for _ in range(num_resnet_blocks)]
+        for _ in range(num_resnet_blocks):  # built in the reference's order: one seed, its initial weights
+            dec_layers.insert(0, ResBlock(hidden_dim))
+            enc_layers.append(ResBlock(hidden_dim))
         if has_resblocks:
             dec_layers.insert(0, nn.Conv2d(codebook_dim, hidden_dim, 1))
         enc_layers.append(nn.Conv2d(hidden_dim, num_tokens, 1))

@@ -55,6 +55,13 @@ def test_reference_state_dict_loads_strictly_and_round_trips(case):
     assert vae.state_dict().keys() == case["state_dict"].keys()
 
 
+def test_same_seed_builds_the_references_initial_weights(case):
+    torch.manual_seed(case["seed"])
+    vae = vae_from_reference_config(case["config"])
+    for key, expected in case["state_dict"].items():
+        assert torch.equal(vae.state_dict()[key], expected), key
+
+
 def test_codebook_indices_equal_reference_exactly(case):
     vae = model_from_case(case)
     codes = vae.get_codebook_indices(case["inputs"]["images"])

@@ -57,6 +57,7 @@ def build_case(config: dict, seed: int) -> dict:
 
     return {
         "config": {k: v for k, v in config.items()},
+        "seed": seed,  # torch.manual_seed(seed) right before the constructor gave `state_dict`
         "state_dict": {k: v.detach().clone() for k, v in vae.state_dict().items()},
         "inputs": {"images": images, "codes": codes, "noise_seed": noise_seed, "temp": temp},
         "outputs": {
