@@ -60,7 +60,7 @@ class CheckpointError(ValueError):
 # --- atomic files ---------------------------------------------------------------------------------------------
 
 
-def _fsync(path: Path, directory: bool = False) -> None:
+def fsync_path(path: Path, directory: bool = False) -> None:
     try:
         fd = os.open(path, (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if directory else os.O_RDWR)
     except OSError:  # directories cannot be opened on Windows, where there is nothing to sync
@@ -78,10 +78,10 @@ def _atomic_files(*paths: Path) -> Iterator[List[Path]]:
     try:
         yield tmps
         for tmp in tmps:
-            _fsync(tmp)
+            fsync_path(tmp)
         for tmp, path in zip(tmps, paths):
             os.replace(tmp, path)
-        _fsync(paths[0].parent, directory=True)
+        fsync_path(paths[0].parent, directory=True)
     finally:
         for tmp in tmps:  # nothing is left behind when a write fails
             tmp.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from .cache import KVCache
 from .checkpoints import PretrainedMixin
 from .linear import pack_weight, packed_linear, prepacked
 from .losses import linear_cross_entropy
-from .sampling import _sample_logits, check_sampling_args, classifier_free_guidance
+from .sampling import check_sampling_args, classifier_free_guidance, sample_logits
 from .transformer import DivideMax, Transformer, check_buffer_bytes
 
 __all__ = ["DALLE"]
@@ -354,7 +354,7 @@ class DALLE(PretrainedMixin, nn.Module):
         """Sample image codes (B, image_seq_len) for captions `text`; see `generate_images`."""
         if compile and not use_cache:
             raise ValueError("compile=True compiles the cached decoding step: pass use_cache=True too")
-        # every setting is checked here, once: the decoding loop samples with the unchecked `_sample_logits`
+        # every setting is checked here, once: the decoding loop samples with `sample_logits(check=False)`
         check_sampling_args(temperature=temperature, filter_thres=filter_thres, top_p=top_p, cond_scale=cond_scale)
         text = self._check_text(text)
         batch = text.shape[0]
@@ -401,7 +401,8 @@ class DALLE(PretrainedMixin, nn.Module):
                     cache.advance(1)
                 if guided:
                     logits = classifier_free_guidance(*logits.chunk(2), cond_scale)
-                sample = _sample_logits(logits, filter_thres, top_p, temperature, generator)
+                sample = sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p, temperature=temperature,
+                                       generator=generator, check=False)
                 codes[:, pos] = torch.cat((sample, sample)) if guided else sample
         return codes[:batch].clone()  # a normal tensor again, usable with autograd
 
@@ -475,7 +476,8 @@ class DALLE(PretrainedMixin, nn.Module):
         for pos in range(1 + len(prefix), self.text_seq_len + 1):
             hidden, _ = self._hidden(ids[:, :pos], None, cache)
             logits = self._logits(hidden[:, -1], "text")
-            ids[:, pos] = _sample_logits(logits, filter_thres, top_p, temperature, generator)
+            ids[:, pos] = sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p,
+                                        temperature=temperature, generator=generator, check=False)
         tokens = ids[:, 1:]
         tokens = tokens.masked_fill(tokens >= user_vocab, 0)  # padding ids back to 0
         return tokens, [tokenizer.decode(tokens[0].tolist())]

@@ -124,7 +124,11 @@ def sample_logits(
     top_p_value: Optional[float] = None,
     temperature: float = 1.0,
     generator: Optional[torch.Generator] = None,
+    check: bool = True,
 ) -> Tensor:
-    """Filter (top-k fraction and/or top-p) then Gumbel-sample one index per row of `logits` (..., V)."""
-    check_sampling_args(temperature=temperature, filter_thres=filter_thres, top_p=top_p_value)
+    """Filter (top-k fraction and/or top-p) then Gumbel-sample one index per row of `logits` (..., V).
+
+    `check=False` skips validating the settings: for decoding loops that checked them once, up front."""
+    if check:
+        check_sampling_args(temperature=temperature, filter_thres=filter_thres, top_p=top_p_value)
     return _sample_logits(logits, filter_thres, top_p_value, temperature, generator)

@@ -133,14 +133,14 @@ def test_dict_cache_like_dalle_pytorch_is_exact():
 
 def _record_sampler(monkeypatch) -> list:
     calls = []
-    real = dalle_module._sample_logits  # the decoding loop's sampler (its settings are checked once, up front)
+    real = dalle_module.sample_logits  # the decoding loop's sampler (its settings are checked once, up front)
 
-    def recording(logits, *args):
-        out = real(logits, *args)
-        calls.append((logits.clone(), out.clone(), args))
+    def recording(logits, **kwargs):
+        out = real(logits, **kwargs)
+        calls.append((logits.clone(), out.clone(), kwargs))
         return out
 
-    monkeypatch.setattr(dalle_module, "_sample_logits", recording)
+    monkeypatch.setattr(dalle_module, "sample_logits", recording)
     return calls
 
 

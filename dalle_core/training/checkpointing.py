@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
-from ..checkpoints import TRAINING_STATE_NAME, _fsync
+from ..checkpoints import TRAINING_STATE_NAME, fsync_path
 from ..tokenizers import Tokenizer, YttmTokenizer, default_tokenizer
 
 __all__ = ["CHECKPOINTS_DIR", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "write_checkpoint",
@@ -66,7 +66,7 @@ def write_checkpoint(out: Union[str, Path], step: int, write: Callable[[Path], N
             os.replace(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(tmp, final)
-        _fsync(root, directory=True)
+        fsync_path(root, directory=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
