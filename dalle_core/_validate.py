@@ -15,48 +15,31 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ._utils import check_float, check_int
+from ._utils import check_int
 from .checkpoints import CheckpointError
 from .transformer import MAX_BUFFER_BYTES
 
 Expected = Mapping[str, Tuple[Tuple[int, ...], bool]]  # tensor name -> (shape, is floating point)
 Where = Union[str, PathLike]
 
-# constructor keywords that must be ints (with their minimum) or real numbers, when a config gives them
-INT_KEYS: Dict[str, Dict[str, int]] = {
-    "DALLE": {"dim": 1, "depth": 1, "heads": 1, "dim_head": 1, "num_text_tokens": 1, "text_seq_len": 1},
-    "DiscreteVAE": {"image_size": 1, "num_tokens": 1, "codebook_dim": 1, "num_layers": 1, "num_resnet_blocks": 0,
-                    "hidden_dim": 1, "channels": 1},
-    "CLIP": {"dim_text": 1, "dim_image": 1, "dim_latent": 1, "num_text_tokens": 1, "text_enc_depth": 1,
-             "text_seq_len": 1, "text_heads": 1, "num_visual_tokens": 1, "visual_enc_depth": 1, "visual_heads": 1,
-             "visual_image_size": 1, "visual_patch_size": 1, "channels": 1},
-}
-OPTIONAL_INT_KEYS = {"DALLE": ("conv_kernel_size",), "DiscreteVAE": (), "CLIP": ()}
-FLOAT_KEYS = {"DALLE": ("attn_dropout", "ff_dropout", "loss_img_weight"),
-              "DiscreteVAE": ("temperature", "kl_div_loss_weight"), "CLIP": ()}
-# keys counting layers or blocks: each one holds at least one tensor of the state dict
+# keys counting layers or blocks: each one holds at least one tensor of the state dict (every other size is
+# checked by the constructor itself, on the meta device, before anything is allocated)
 LAYER_KEYS = {"DALLE": ("depth",), "DiscreteVAE": ("num_layers", "num_resnet_blocks"),
               "CLIP": ("text_enc_depth", "visual_enc_depth")}
 
 
 def check_config(name: str, config: Any, n_tensors: int, where: Where) -> None:
-    """Refuse (CheckpointError naming `where` and the key) size keys of the wrong type and layer counts that
-    exceed the `n_tensors` tensors the weights hold."""
+    """Refuse (CheckpointError naming `where` and the key) layer counts that are not ints or that exceed the
+    `n_tensors` tensors the weights hold, before a model that large is built even on the meta device."""
     if not isinstance(config, Mapping):
         raise CheckpointError(f"{where}: the {name} config must be a mapping of keywords, got {type(config).__name__}")
     for key in config:
         if not isinstance(key, str):
             raise CheckpointError(f"{where}: {name} config keys must be str, got {key!r}")
     try:
-        for key, minimum in INT_KEYS[name].items():
+        for key in LAYER_KEYS[name]:
             if key in config:
-                check_int(f"{name} config key {key!r}", config[key], minimum)
-        for key in OPTIONAL_INT_KEYS[name]:
-            if config.get(key) is not None:
-                check_int(f"{name} config key {key!r}", config[key])
-        for key in FLOAT_KEYS[name]:
-            if key in config:
-                check_float(f"{name} config key {key!r}", config[key])
+                check_int(f"{name} config key {key!r}", config[key], minimum=0)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
     layers = {key: config[key] for key in LAYER_KEYS[name] if key in config}
@@ -65,18 +48,6 @@ def check_config(name: str, config: Any, n_tensors: int, where: Where) -> None:
         raise CheckpointError(f"{where}: the {name} config asks for {described}, but the weights hold only "
                               f"{n_tensors} tensors (each layer or block has at least one): config and weights "
                               "do not match")
-
-
-def check_dalle_vae(config: Mapping[str, Any], vae_config: Mapping[str, Any], where: Where) -> None:
-    """Refuse a DALLE `conv_kernel_size` wider than its image grid can use (the 'conv' mask is built by a Python
-    loop over the kernel's k*k offsets, so a huge kernel would hang the constructor)."""
-    kernel = config.get("conv_kernel_size")
-    if kernel is None:
-        return
-    fmap = vae_config.get("image_size", 256) // 2 ** min(vae_config.get("num_layers", 3), 64)
-    if kernel > 2 * fmap + 1:
-        raise CheckpointError(f"{where}: conv_kernel_size={kernel} is wider than the {fmap}x{fmap} image grid can "
-                              f"use; expected at most {2 * fmap + 1}")
 
 
 def _call(build: Callable[[], nn.Module], name: str, where: Where) -> nn.Module:

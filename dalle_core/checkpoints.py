@@ -227,7 +227,7 @@ def _builder(doc: Dict[str, Any], cls: Optional[type], n_tensors: Dict[str, int]
              path: Path) -> Tuple[str, Callable[[], nn.Module]]:
     """The class name and a function building the model `doc` describes, once its config passed the cheap checks
     (types of size keys; layer counts against `n_tensors`, the file's tensors per part: 'vae' and 'rest')."""
-    from ._validate import check_config, check_dalle_vae
+    from ._validate import check_config
 
     classes = _model_classes()
     name = doc["class"]
@@ -245,8 +245,6 @@ def _builder(doc: Dict[str, Any], cls: Optional[type], n_tensors: Dict[str, int]
                                   "{'class': 'DiscreteVAE', 'config': {...}}")
         check_config("DiscreteVAE", vae["config"], n_tensors["vae"], path)
     check_config(name, kwargs, n_tensors["rest"], path)
-    if name == "DALLE":
-        check_dalle_vae(kwargs, vae["config"], path)
 
     def build() -> nn.Module:
         extra = {"vae": classes["DiscreteVAE"](**vae["config"])} if name == "DALLE" else {}

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Mapping, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._validate import build_checked, check_config, check_dalle_vae, check_finite
+from ._validate import build_checked, check_config, check_finite
 from .checkpoints import CheckpointError
 from .files import check_regular_file
 
@@ -171,7 +171,6 @@ def load_dalle_pytorch(path: Union[PathOrStr, Mapping[str, Any]], *, allow_nonfi
     n_vae = sum(k.startswith("vae.") for k in weights)
     check_config("DiscreteVAE", vae_params, n_vae, where)
     check_config("DALLE", hparams, len(weights) - n_vae, where)
-    check_dalle_vae(hparams, vae_params, where)
     check_finite(weights, where, allow_nonfinite)
     dalle = build_checked(lambda: DALLE(vae=vae_from_reference_config(vae_params), **hparams), "DALLE",
                           _shapes(weights), where)

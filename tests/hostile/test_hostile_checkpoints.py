@@ -361,10 +361,10 @@ BAD_REFERENCES = {
     "unknown-layer-key": ({"weights": lambda w: {**w, "transformer.layers.layers.0.0.fn.mystery": torch.zeros(1)}},
                           "unrecognised DALLE-pytorch transformer parameter"),
     "hparams-none": ({"hparams": None}, "'hparams' must be a dict"),
-    "dim-str": ({"hparams": lambda h: {**h, "dim": "x"}}, "'dim' must be an int"),
+    "dim-str": ({"hparams": lambda h: {**h, "dim": "x"}}, "dim must be an int"),
     "depth-none": ({"hparams": lambda h: {**h, "depth": None}}, "'depth' must be an int"),
-    "dim-list": ({"hparams": lambda h: {**h, "dim": [32]}}, "'dim' must be an int"),
-    "dropout-str": ({"hparams": lambda h: {**h, "attn_dropout": "0.1"}}, "'attn_dropout' must be a real number"),
+    "dim-list": ({"hparams": lambda h: {**h, "dim": [32]}}, "dim must be an int"),
+    "dropout-str": ({"hparams": lambda h: {**h, "attn_dropout": "0.1"}}, "attn_dropout must be a real number"),
     "vae-params-list": ({"vae_params": [16, 2]}, "'vae_params' must be a dict"),
     "unknown-keyword": ({"hparams": lambda h: {**h, "dimm": 3}}, "unexpected keyword argument 'dimm'"),
 }
@@ -387,7 +387,7 @@ def test_reference_file_that_is_not_a_dict_is_refused(tmp_path):
 
 def test_overrides_of_the_wrong_type_name_the_key(tmp_path):
     path = reference_file(tmp_path)
-    with pytest.raises(CheckpointError, match=names(path) + ".*'heads' must be an int"):
+    with pytest.raises(CheckpointError, match=names(path) + ".*heads must be an int"):
         load_dalle_pytorch(path, heads=2.5)
 
 
