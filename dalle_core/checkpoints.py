@@ -223,6 +223,12 @@ def _parse_doc(text: str, path: Path) -> Dict[str, Any]:
     return doc
 
 
+def with_legacy_config(cls: type, config: Dict[str, Any]) -> Dict[str, Any]:
+    """`config` with the class's `LEGACY_CONFIG` values for keywords it lacks: a config saved before a keyword
+    existed means what that version did, not the keyword's newer default."""
+    return {**getattr(cls, "LEGACY_CONFIG", {}), **config}
+
+
 def _builder(doc: Dict[str, Any], cls: Optional[type], n_tensors: Dict[str, int],
              path: Path) -> Tuple[str, Callable[[], nn.Module]]:
     """The class name and a function building the model `doc` describes, once its config passed the cheap checks
@@ -235,14 +241,15 @@ def _builder(doc: Dict[str, Any], cls: Optional[type], n_tensors: Dict[str, int]
         raise CheckpointError(f"{path}: unknown class {name!r} (expected one of {', '.join(classes)})")
     if cls is not None and _class_name(cls) != name:
         raise CheckpointError(f"{path}: holds a {name}, not a {_class_name(cls)}; load it with {name}.from_pretrained")
-    kwargs = dict(doc["config"])
     cls = cls or classes[name]
+    kwargs = with_legacy_config(cls, doc["config"])
     vae: Dict[str, Any] = {}
     if name == "DALLE":
         vae = doc["vae"] if isinstance(doc.get("vae"), dict) else {}
         if vae.get("class") != "DiscreteVAE" or not isinstance(vae.get("config"), dict):
             raise CheckpointError(f"{path}: cannot build a DALLE from its config: a DALLE needs a 'vae' entry "
                                   "{'class': 'DiscreteVAE', 'config': {...}}")
+        vae = {**vae, "config": with_legacy_config(classes["DiscreteVAE"], vae["config"])}
         check_config("DiscreteVAE", vae["config"], n_tensors["vae"], path)
     check_config(name, kwargs, n_tensors["rest"], path)
 

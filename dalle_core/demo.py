@@ -121,7 +121,7 @@ def build_vae(cfg: DemoConfig) -> DiscreteVAE:
     # nearly 3x as long; measured with the earlier six colours, the DALLE over them drew seen pairs better, 96.5%
     # against 93.5% under plain sampling, and held-out pairs no better, 49.5% against 47%.)
     return DiscreteVAE(image_size=cfg.image_size, num_layers=2 + int(math.log2(cfg.image_size // 32)),
-                       num_tokens=128, codebook_dim=64, hidden_dim=32, kl_div_loss_weight=0.01)
+                       num_tokens=128, codebook_dim=64, hidden_dim=32)
 
 
 def build_dalle(vae: DiscreteVAE, text_len: int, vocab: int) -> DALLE:

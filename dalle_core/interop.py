@@ -134,10 +134,11 @@ def _shapes(state: Mapping[str, Tensor]) -> Dict[str, Tuple[Tuple[int, ...], boo
 
 def vae_from_reference_config(config: Mapping[str, Any]):
     """A `DiscreteVAE` built from DALLE-pytorch keyword arguments, with the reference's defaults where they differ
-    from ours (its KL weight 0, where ours is 0.01), so that it trains with the same loss."""
+    from ours (no KL and no entropy terms, where ours has `entropy_loss_weight=0.001`), so that it trains with the
+    same loss."""
     from .vae import DiscreteVAE
 
-    return DiscreteVAE(**{"kl_div_loss_weight": 0.0, **dict(config)})
+    return DiscreteVAE(**{"kl_div_loss_weight": 0.0, "entropy_loss_weight": 0.0, **dict(config)})
 
 
 def load_dalle_pytorch_vae(path: Union[PathOrStr, Mapping[str, Any]], *, allow_nonfinite: bool = False):

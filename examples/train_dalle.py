@@ -56,8 +56,7 @@ def batches():  # epoch after epoch, as long as the loop asks
 
 # %% The dVAE: loaded, or trained briefly here (examples/train_vae.py explains the choices)
 if vae is None:
-    vae = DiscreteVAE(image_size=args.image_size, num_layers=2, num_tokens=128, codebook_dim=64, hidden_dim=32,
-                      kl_div_loss_weight=0.01)
+    vae = DiscreteVAE(image_size=args.image_size, num_layers=2, num_tokens=128, codebook_dim=64, hidden_dim=32)
     opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
     for step, (_, images) in zip(range(args.vae_steps), batches()):
         loss = vae(images, return_loss=True)

@@ -48,10 +48,10 @@ def random_batch():
     return torch.stack([load_image(paths[i], args.image_size) for i in picks])  # (B, 3, S, S) in [0, 1]
 
 
-# %% Train: Adam on the reconstruction loss
-# a small KL weight towards uniform code use: with the default 0 the codebook tends to collapse to a few codes
+# %% Train: Adam on the loss at its defaults (reconstruction, plus entropy terms that keep each position's code
+# confident and spread the batch over the codebook; without them the codebook tends to collapse to a few codes)
 vae = DiscreteVAE(image_size=args.image_size, num_layers=args.num_layers, num_tokens=args.num_tokens,
-                  codebook_dim=64, hidden_dim=32, kl_div_loss_weight=0.01)
+                  codebook_dim=64, hidden_dim=32)
 opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
 for step in range(args.steps):
     loss = vae(random_batch(), return_loss=True)

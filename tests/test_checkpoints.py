@@ -96,6 +96,38 @@ def test_dalle_with_shared_embeddings_round_trips(tmp_path):
     assert_same_state(dalle, loaded)
 
 
+def save_as_before_the_entropy_terms(model, directory: Path) -> None:
+    """Save, then drop `entropy_loss_weight` and `diversity_gamma` from every dVAE config in config.json and in
+    the weights' header: what a dalle_core from before those keywords wrote."""
+    model.save_pretrained(directory)
+
+    def strip(doc: dict) -> str:
+        for cfg in (doc["config"], doc.get("vae", {}).get("config", {})):
+            cfg.pop("entropy_loss_weight", None)
+            cfg.pop("diversity_gamma", None)
+        return json.dumps(doc)
+
+    config = directory / "config.json"
+    config.write_text(strip(json.loads(config.read_text())))
+    path = directory / "model.safetensors"
+    with safetensors.safe_open(str(path), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    metadata["dalle_core_config"] = strip(json.loads(metadata["dalle_core_config"]))
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+
+
+def test_configs_saved_before_the_entropy_terms_load_without_them(tmp_path):
+    """Such a dVAE trained without the entropy terms, so it reloads without them, not with today's default."""
+    save_as_before_the_entropy_terms(tiny_vae(kl_div_loss_weight=0.01), tmp_path / "vae")
+    vae = VAE.from_pretrained(tmp_path / "vae")
+    assert vae.entropy_loss_weight == 0.0 and vae.config["entropy_loss_weight"] == 0.0
+    assert vae.kl_div_loss_weight == 0.01
+    save_as_before_the_entropy_terms(tiny_dalle(), tmp_path / "dalle")
+    assert Dalle.from_pretrained(tmp_path / "dalle").vae.entropy_loss_weight == 0.0
+    tiny_vae().save_pretrained(tmp_path / "new")  # a config that names the keywords keeps them
+    assert VAE.from_pretrained(tmp_path / "new").entropy_loss_weight == DiscreteVAE().entropy_loss_weight == 0.001
+
+
 def test_from_pretrained_without_class_builds_the_recorded_one(tmp_path):
     clip = tiny_clip()
     clip.save_pretrained(tmp_path)

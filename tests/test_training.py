@@ -126,6 +126,20 @@ def test_kl_weight_warms_up_from_zero_to_its_target():
     assert cosine_ramp(10, 2.0, 0) == 2.0  # no warm-up: the target at once
 
 
+def test_vae_run_config_follows_the_model_defaults_and_reads_older_runs_as_they_trained(tmp_path):
+    from dalle_core.training.config import config_to_dict, load_config_file
+
+    config = VAETrainConfig()
+    vae = DiscreteVAE()
+    assert (config.entropy_loss_weight, config.diversity_gamma, config.kl_weight) == (
+        vae.entropy_loss_weight, vae.diversity_gamma, vae.kl_div_loss_weight)
+    saved = config_to_dict(VAETrainConfig(kl_weight=0.01))
+    del saved["entropy_loss_weight"], saved["diversity_gamma"]  # a run folder written before these fields
+    (tmp_path / "train_config.json").write_text(json.dumps({"config": saved}))
+    old = load_config_file(VAETrainConfig, tmp_path / "train_config.json")
+    assert old.entropy_loss_weight == 0.0 and old.kl_weight == 0.01
+
+
 def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_its_floor():
     lr = lambda s: warmup_cosine(s, warmup_steps=10, total_steps=110, min_ratio=0.1)  # noqa: E731
     assert lr(0) == pytest.approx(0.1) and lr(9) == pytest.approx(1.0)

@@ -138,6 +138,7 @@ def config_from_dict(cls: Type[C], data: Dict[str, Any], where: str = "config") 
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}")
+    data = {**getattr(cls, "LEGACY_CONFIG", {}), **data}  # fields a run saved before they existed: what it did
     hints = _hints(cls)
     values = {k: tuple(v) if isinstance(v, list) and _is_tuple(hints[k]) else v for k, v in data.items()}
     return cls(**values)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, ClassVar, Dict, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,7 @@ __all__ = ["VAETrainConfig", "VAETrainer", "train_vae"]
 
 @dataclass
 class VAETrainConfig(TrainConfig):
-    """dVAE training: the model's size, the Gumbel-softmax temperature schedule and the KL weight schedule."""
+    """dVAE training: the model's size, the Gumbel-softmax temperature schedule and the code-entropy / KL weights."""
 
     out: str = option("runs/vae", "output directory: checkpoints, samples, metrics.jsonl, the final model")
     lr: float = option(1e-3, "peak learning rate", "optim")
@@ -40,9 +40,17 @@ class VAETrainConfig(TrainConfig):
     temp_start: float = option(1.0, "Gumbel-softmax temperature at update 0", "optim")
     temp_end: float = option(1 / 16, "temperature after the annealing (the paper: 1/16)", "optim")
     temp_anneal_steps: int = option(150_000, "updates of cosine annealing from temp_start to temp_end", "optim")
-    kl_weight: float = option(0.01, "KL weight after its warm-up (the KL is per latent position here; 0 tends to "
-                              "collapse the codebook)", "optim")
+    kl_weight: float = option(0.0, "KL(q || uniform) weight after its warm-up (per latent position; it flattens "
+                              "every position's posterior, so codes turn noisy: the entropy terms are the default)",
+                              "optim")
     kl_warmup_steps: int = option(5000, "updates of cosine warm-up of the KL weight from 0", "optim")
+    entropy_loss_weight: float = option(0.001, "weight of the entropy terms: confident codes at each position, "
+                                        "spread over the codebook across the batch (DiscreteVAE's default)", "optim")
+    diversity_gamma: float = option(3.0, "how much the batch's code entropy counts against the per-position "
+                                    "entropy (DiscreteVAE's default)", "optim")
+
+    # a run saved before the entropy terms existed trained without them (read by config_from_dict on --resume)
+    LEGACY_CONFIG: ClassVar[Dict[str, Any]] = {"entropy_loss_weight": 0.0}
 
     def validate(self) -> None:
         """Also refuse model sizes and schedule values that cannot train (before any model is built)."""
@@ -61,6 +69,8 @@ class VAETrainConfig(TrainConfig):
         check_float("temp_start", self.temp_start, low=0.0, low_open=True)
         check_float("temp_end", self.temp_end, low=0.0, low_open=True)
         check_float("kl_weight", self.kl_weight, low=0.0)
+        check_float("entropy_loss_weight", self.entropy_loss_weight, low=0.0)
+        check_float("diversity_gamma", self.diversity_gamma, low=0.0)
         check_int("temp_anneal_steps", self.temp_anneal_steps, minimum=0)
         check_int("kl_warmup_steps", self.kl_warmup_steps, minimum=0)
         for name in ("smooth_l1_loss", "straight_through", "reinmax"):
@@ -87,7 +97,8 @@ class VAETrainer(Trainer):
         return DiscreteVAE(image_size=c.image_size, num_tokens=c.num_tokens, codebook_dim=c.codebook_dim,
                            num_layers=c.num_layers, num_resnet_blocks=c.num_resnet_blocks, hidden_dim=c.hidden_dim,
                            channels=c.channels, smooth_l1_loss=c.smooth_l1_loss, temperature=c.temp_start,
-                           straight_through=c.straight_through, reinmax=c.reinmax, kl_div_loss_weight=c.kl_weight)
+                           straight_through=c.straight_through, reinmax=c.reinmax, kl_div_loss_weight=c.kl_weight,
+                           entropy_loss_weight=c.entropy_loss_weight, diversity_gamma=c.diversity_gamma)
 
     def load_model(self, directory: Path) -> nn.Module:
         return DiscreteVAE.from_pretrained(directory)

@@ -1,9 +1,9 @@
-"""Hostile inputs to the trainers and the `dalle-core` command: 44 cases.
+"""Hostile inputs to the trainers and the `dalle-core` command: 46 cases.
 
 Commands from run folders (3): a `pipe:` shard source read from a saved train_config.json on --resume is
 refused with a one-line message and never runs (its marker file is not created), the Python dataset builder
 refuses one without permission, and `pipe:` shards typed on the command line still train and resume.
-Non-finite options and training (28): 26 non-finite, out-of-range or model-size flags refused before training
+Non-finite options and training (30): 28 non-finite, out-of-range or model-size flags refused before training
 (nothing written), a NaN loss and NaN weights stopping the run with `NonFiniteError` (CLI: one line, exit 1)
 with the last good checkpoint kept and no checkpoint of bad weights.
 CLI errors (9): --out a file or not writable (chmod, skipped as root; simulated), `generate --device bogus` /
@@ -120,6 +120,8 @@ REFUSED = [
     ("train-vae", ["--temp-start", "inf"], "temp_start"),
     ("train-vae", ["--temp-end", "0"], "temp_end"),
     ("train-vae", ["--kl-weight", "nan"], "kl_weight"),
+    ("train-vae", ["--entropy-loss-weight", "-1"], "entropy_loss_weight"),
+    ("train-vae", ["--diversity-gamma", "inf"], "diversity_gamma"),
     ("train-vae", ["--num-tokens", "0"], "num_tokens"),
     ("train-vae", ["--image-size", "24"], "power of 2"),
     ("train-vae", ["--image-size", "16", "--num-layers", "5"], "num_layers"),
