@@ -35,3 +35,22 @@ def test_readme_demo_table_is_the_committed_demo_summary():
         assert shown == [round(100 * v, 1) for v in expected], label
     assert f"Plain samples stay varied: {summary['dalle']['distinct_samples']:.0%} of" in text
     assert f"cond_scale {config['cond_scale']:g}" in text and f"temperature {config['temperature']:g}" in text
+
+
+def test_readme_real_data_tables_are_the_committed_benchmark_results():
+    """Every row of the README's "Learning on real data" tables is the benchmark's own table of a committed
+    results file in benchmarks/real_data/ (named on a "Table: [...](benchmarks/real_data/NAME.md)" line)."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("real_data", README.parent / "benchmarks" / "real_data.py")
+    real_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real_data)  # imports torch and the standard library only
+    text = README.read_text()
+    section = text.split("## Learning on real data", 1)[1].split("\n## ", 1)[0]
+    sources = re.findall(r"Table: \[[^\]]*\]\(benchmarks/real_data/(\w+)\.md\)", section)
+    assert sources, "the section names no committed results"
+    for name in sources:
+        runs = json.loads((README.parent / "benchmarks" / "real_data" / f"{name}.json").read_text())["runs"]
+        for line in real_data.table(runs).splitlines()[2:]:
+            assert line in section, f"README lacks the row {line!r} of benchmarks/real_data/{name}.json"
