@@ -49,8 +49,9 @@ class VAETrainConfig(TrainConfig):
     diversity_gamma: float = option(3.0, "how much the batch's code entropy counts against the per-position "
                                     "entropy (DiscreteVAE's default)", "optim")
 
-    # a run saved before the entropy terms existed trained without them (read by config_from_dict on --resume)
-    LEGACY_CONFIG: ClassVar[Dict[str, Any]] = {"entropy_loss_weight": 0.0}
+    # a run saved before the entropy terms existed trained without them (read by config_from_dict on --resume);
+    # the model's own record, as the field names are its keywords
+    LEGACY_CONFIG: ClassVar[Dict[str, Any]] = DiscreteVAE.LEGACY_CONFIG
 
     def validate(self) -> None:
         """Also refuse model sizes and schedule values that cannot train (before any model is built)."""
