@@ -2,7 +2,7 @@
 
     python benchmarks/vae_codebook_usage.py [--settings reference kl default] [--steps 600] [--image-size 64]
 
-Data: 4000 renders of the built-in shapes (`dalle_core.shapes`). Model: `DiscreteVAE(image_size=...)` with
+Data: 4000 renders of the built-in shapes (`dalle_core.demo.shapes`). Model: `DiscreteVAE(image_size=...)` with
 every other argument at its default (512 codes, 3 layers) except the loss weights of the setting:
 
 - `reference`: DALLE-pytorch's default, no KL and no entropy terms (`kl_div_loss_weight=0, entropy_loss_weight=0`);
@@ -21,7 +21,7 @@ import time
 import torch
 
 from dalle_core import DiscreteVAE
-from dalle_core.shapes import ShapesDataset
+from dalle_core.demo.shapes import ShapesDataset
 
 SETTINGS = {"reference": dict(kl_div_loss_weight=0.0, entropy_loss_weight=0.0),
             "kl": dict(kl_div_loss_weight=0.01, entropy_loss_weight=0.0),

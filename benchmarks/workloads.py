@@ -123,7 +123,7 @@ def model_flops(name: str) -> dict:
     Per forward over the positions [<bos> text ; image[:-1]] (n = text_seq_len + image_seq_len of them):
       matmuls:   2 * n * depth * (dim*3*inner + inner*dim + dim*2*FF_MULT*dim + FF_MULT*dim*dim)
       attention: sum over layers of 4 * heads * dim_head * visible(layer), visible = the number of True
-                 entries of that layer's mask (dalle_core.masks.attention_mask) over the n positions; the
+                 entries of that layer's mask (dalle_core.models.masks.attention_mask) over the n positions; the
                  dense causal count n*(n+1)/2 for 'full'
       logits:    2 * dim * (text_seq_len * text_vocab + image_seq_len * image_vocab): each position only
                  over its own modality's vocabulary (text_vocab counts the text_seq_len padding ids)
@@ -138,7 +138,7 @@ def model_flops(name: str) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from dalle_core import DiscreteVAE
-    from dalle_core.masks import attention_mask
+    from dalle_core.models.masks import attention_mask
 
     m, v, batch, kind, extra = WORKLOADS[name]
     dim, depth, heads, dim_head = m["dim"], m["depth"], m["heads"], m["dim_head"]

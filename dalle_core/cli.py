@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_arguments(p, _trainer_class(name).config_class)
         p.set_defaults(run=_train)
 
-    from . import demo
+    from .demo import runner as demo
 
     d = sub.add_parser("demo", help="train dVAE, DALLE and CLIP on the built-in shapes data and score them",
                        description=demo.__doc__.split("\n")[0])
@@ -146,8 +146,8 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
-    from .clip import CLIP
-    from .dalle import DALLE
+    from .models.clip import CLIP
+    from .models.dalle import DALLE
     from .data import load_image
     from .training.checkpointing import find_tokenizer, load_tokenizer
     from .training.outputs import save_image_grid, to_pil
@@ -221,7 +221,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from . import demo
+    from .demo import runner as demo
 
     demo.run_from_args(demo.check_arguments(parser, args))
     return 0

@@ -15,8 +15,8 @@ from typing import Any, Callable, Dict, Mapping, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._validate import build_checked, check_config, check_finite
-from .checkpoints import CheckpointError
+from .validation import build_checked, check_config, check_finite
+from .pretrained import CheckpointError
 from .files import check_regular_file
 
 __all__ = [
@@ -136,7 +136,7 @@ def vae_from_reference_config(config: Mapping[str, Any]):
     """A `DiscreteVAE` built from DALLE-pytorch keyword arguments, with the reference's defaults where they differ
     from ours (no KL and no entropy terms, where ours has `entropy_loss_weight=0.001`), so that it trains with the
     same loss."""
-    from .vae import DiscreteVAE
+    from .models.vae import DiscreteVAE
 
     return DiscreteVAE(**{"kl_div_loss_weight": 0.0, "entropy_loss_weight": 0.0, **dict(config)})
 
@@ -158,7 +158,7 @@ def load_dalle_pytorch_vae(path: Union[PathOrStr, Mapping[str, Any]], *, allow_n
 def load_dalle_pytorch(path: Union[PathOrStr, Mapping[str, Any]], *, allow_nonfinite: bool = False, **overrides):
     """A `DALLE` (with its `DiscreteVAE`) from a DALLE-pytorch train_dalle.py checkpoint, in eval mode; `overrides`
     replace hparams; NaN or infinite weights raise CheckpointError unless `allow_nonfinite`."""
-    from .dalle import DALLE
+    from .models.dalle import DALLE
 
     ckpt, where = _load(path)
     _require(ckpt, ("hparams", "vae_params", "weights"), where)
@@ -183,7 +183,7 @@ def load_dalle_pytorch_clip(path_or_state_dict: Union[PathOrStr, Mapping[str, Te
                             allow_nonfinite: bool = False, **clip_kwargs):
     """A `CLIP` built with `clip_kwargs` (the reference's keywords) from a saved DALLE-pytorch CLIP state dict, in
     eval mode; NaN or infinite weights raise CheckpointError unless `allow_nonfinite`."""
-    from .clip import CLIP
+    from .models.clip import CLIP
 
     state, where = _load(path_or_state_dict)
     if "weights" in state and isinstance(state["weights"], Mapping):

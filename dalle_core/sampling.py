@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._utils import check_float, check_int
+from .utils import check_float, check_int
 
 __all__ = [
     "top_k",

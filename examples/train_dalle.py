@@ -3,7 +3,7 @@
 # Stage 2 of DALL-E: a transformer over [caption tokens ; image codes of a frozen dVAE]. The folder holds
 # `a.png` + `a.txt` pairs (one caption a line; a random line is used each time). Give a dVAE trained with
 # `examples/train_vae.py` as `--vae`, or the script trains a small one first; without `--folder` it renders a
-# folder of captioned shapes (`dalle_core.shapes`), so it runs out of the box.
+# folder of captioned shapes (`dalle_core.demo.shapes`), so it runs out of the box.
 # Run: `python examples/train_dalle.py [--folder data/] [--vae outputs/train_vae/vae] [--out outputs/train_dalle]`
 # For long runs (checkpoints, resume, schedules, several GPUs) use `dalle-core train-dalle`.
 
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from dalle_core import DALLE, DiscreteVAE
 from dalle_core.data import TextImageDataset, to_pil
-from dalle_core.shapes import write_folder
+from dalle_core.demo.shapes import write_folder
 from dalle_core.tokenizers import ByteTokenizer, Tokenizer
 
 parser = argparse.ArgumentParser()

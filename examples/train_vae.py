@@ -2,7 +2,7 @@
 # # Train a discrete VAE on a folder of images
 # The dVAE is stage 1 of DALL-E: it turns each image into a grid of codebook tokens that DALLE then learns
 # to predict. It needs images only, no captions. Without `--folder` the script first renders a folder of
-# captioned shapes (`dalle_core.shapes`), so it runs out of the box.
+# captioned shapes (`dalle_core.demo.shapes`), so it runs out of the box.
 # Run: `python examples/train_vae.py [--folder my_images/] [--out outputs/train_vae] [--steps 500]`
 # For long runs (checkpoints, resume, EMA, several GPUs) use `dalle-core train-vae` or
 # `dalle_core.training.train_vae(VAETrainConfig(...))`, which take the same folders (captions are ignored there too).
@@ -16,7 +16,7 @@ from PIL import Image
 
 from dalle_core import DiscreteVAE
 from dalle_core.data import IMAGE_EXTENSIONS, load_image, to_pil
-from dalle_core.shapes import write_folder
+from dalle_core.demo.shapes import write_folder
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--folder", type=Path, help="images to train on (default: render shapes into OUT/images)")

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from rotary_embedding_torch import apply_rotary_emb
 
-from dalle_core.attention import AxialPattern, apply_rotary, axial_attention, rotary_tables
-from dalle_core.masks import attention_mask
+from dalle_core.models.attention import AxialPattern, apply_rotary, axial_attention, rotary_tables
+from dalle_core.models.masks import attention_mask
 
 
 @pytest.mark.parametrize("axis, attn_type", [(0, "axial_row"), (1, "axial_col")])

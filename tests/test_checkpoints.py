@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 
 from dalle_core import CLIP, DALLE, DiscreteVAE
-from dalle_core.checkpoints import (
+from dalle_core.pretrained import (
     CheckpointError, _flatten, _unflatten, from_pretrained, load_training_state,
     save_pretrained, save_training_state,
 )

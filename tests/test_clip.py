@@ -1,4 +1,4 @@
-"""Tests for dalle_core.clip: parity with dalle-pytorch 1.6.6's CLIP, scoring properties, reranking, validation."""
+"""Tests for dalle_core.models.clip: parity with dalle-pytorch 1.6.6's CLIP, scoring properties, reranking, validation."""
 from __future__ import annotations
 
 import inspect
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import committed_cases, load_case
-from dalle_core.clip import CLIP, RerankResult
+from dalle_core.models.clip import CLIP, RerankResult
 from dalle_core.interop import load_dalle_pytorch_clip
 
 TINY = dict(dim_text=16, dim_image=16, dim_latent=8, num_text_tokens=40, text_enc_depth=1, text_seq_len=8,

@@ -7,7 +7,7 @@ from typing import List
 import pytest
 import torch
 
-import dalle_core.dalle as dalle_module
+import dalle_core.models.dalle as dalle_module
 from dalle_core import DALLE, DiscreteVAE, KVCache
 
 TEXT_LEN, VOCAB = 6, 40

@@ -54,7 +54,7 @@ def test_static_step_equals_full_forward_for_every_model_variant(variant):
 
 
 def test_generation_with_prepacked_weights_equals_plain_linear_layers(monkeypatch):
-    import dalle_core.linear as linear
+    import dalle_core.ops.linear as linear
 
     dalle = make_dalle(ATTN_CASES["mix"])
     text = captions()

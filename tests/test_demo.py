@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dalle_core import demo
+from dalle_core.demo import runner as demo
 
 PNGS = ("reconstructions.png", "generations_seen.png", "generations_heldout.png", "losses.png")
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from dalle_core.linear import Linear, pack_weight, packed_linear, prepacked
+from dalle_core.ops.linear import Linear, pack_weight, packed_linear, prepacked
 
 needs_packing = pytest.mark.skipif(pack_weight(torch.zeros(2, 2), 1) is None, reason="torch built without oneDNN")
 
@@ -31,7 +31,7 @@ def test_prepacked_packs_every_linear_for_the_block_only():
 
 @needs_packing
 def test_packed_weights_are_used_only_without_autograd_or_autocast_in_float32(monkeypatch):
-    import dalle_core.linear as linear
+    import dalle_core.ops.linear as linear
 
     calls = []
     real = torch.ops.mkldnn._linear_pointwise

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-import dalle_core.losses as losses
-from dalle_core.losses import linear_cross_entropy
-from dalle_core.transformer import FeedForward
+import dalle_core.ops.losses as losses
+from dalle_core.ops.losses import linear_cross_entropy
+from dalle_core.models.transformer import FeedForward
 
 
 def test_linear_cross_entropy_matches_autograd_across_chunks(monkeypatch):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from dalle_core import DALLE, DiscreteVAE
-from dalle_core import masks as masks_module
-from dalle_core.masks import ATTN_TYPES, attention_mask
+from dalle_core.models import masks as masks_module
+from dalle_core.models.masks import ATTN_TYPES, attention_mask
 
 PICTURES = {
     "row": """
@@ -185,7 +185,7 @@ def test_masks_are_built_once_not_per_forward(monkeypatch):
 
     monkeypatch.setattr(masks_module, "attention_mask", fail)
     monkeypatch.setattr(masks_module, "image_visibility", fail)
-    import dalle_core.transformer as transformer_module
+    import dalle_core.models.transformer as transformer_module
 
     monkeypatch.setattr(transformer_module, "attention_mask", fail)
     text = torch.randint(1, 20, (2, 4))

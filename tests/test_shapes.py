@@ -4,8 +4,8 @@ import random
 import pytest
 import torch
 
-from dalle_core import shapes
-from dalle_core.shapes import COLOURS, HELDOUT_PAIRS, SHAPES, ShapesDataset, check, parse_caption
+from dalle_core.demo import shapes
+from dalle_core.demo.shapes import COLOURS, HELDOUT_PAIRS, SHAPES, ShapesDataset, check, parse_caption
 from dalle_core.tokenizers import ByteTokenizer
 
 

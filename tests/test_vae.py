@@ -1,4 +1,4 @@
-"""Tests for dalle_core.vae: parity with dalle-pytorch 1.6.6's DiscreteVAE, the KL fix, validation, training."""
+"""Tests for dalle_core.models.vae: parity with dalle-pytorch 1.6.6's DiscreteVAE, the KL fix, validation, training."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import torch
 
 from conftest import committed_cases, load_case
 from dalle_core.interop import vae_from_reference_config
-from dalle_core.vae import CodebookUsage, DiscreteVAE, codebook_usage
+from dalle_core.models.vae import CodebookUsage, DiscreteVAE, codebook_usage
 
 TINY = dict(image_size=16, num_layers=2, num_tokens=32, codebook_dim=16, hidden_dim=8)
 CASE_NAMES = sorted(committed_cases("vae_"))
@@ -368,7 +368,7 @@ def test_vae_codebook_usage_counts_every_token_of_the_batch():
 
 def _usage_after_adam(steps: int = 200, **overrides):
     """Train a default dVAE (32-pixel images) on rendered shapes with plain Adam; codebook usage of held images."""
-    from dalle_core.shapes import ShapesDataset
+    from dalle_core.demo.shapes import ShapesDataset
 
     data = ShapesDataset(1000, image_size=32, seed=0)
     images = torch.stack([data.sample(i)[1] for i in range(len(data))])

@@ -1,5 +1,5 @@
 """Training data: caption/image pairs from a folder (`TextImageDataset`) or from WebDataset tar shards; image I/O."""
-from ._common import MAX_CAPTION_BYTES, MAX_IMAGE_BYTES
+from .common import MAX_CAPTION_BYTES, MAX_IMAGE_BYTES
 from .folder import TextImageDataset, index_folder
 from .images import (IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, load_image, random_crop_box, random_resized_crop,
                      save_image_grid, to_pil)

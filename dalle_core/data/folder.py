@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from ..files import FileTooLargeError, NotRegularFileError, read_regular
 from ..tokenizers import Tokenizer
-from ._common import (AMBIGUOUS_CAPTION, BAD_CAPTION, BAD_IMAGE, CAPTION_TOO_LARGE, EMPTY_CAPTION,
+from .common import (AMBIGUOUS_CAPTION, BAD_CAPTION, BAD_IMAGE, CAPTION_TOO_LARGE, EMPTY_CAPTION,
                       IMAGE_TOO_LARGE, MAX_CAPTION_BYTES, MAX_IMAGE_BYTES, NO_CAPTION, NOT_REGULAR, PathLike,
                       SkipLog, caption_lines, check_common, check_limit, check_seed, generator, mix_seed, randint,
                       tokenize_caption)

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from ..files import FileTooLargeError, open_regular
-from ._common import MAX_IMAGE_BYTES, PathLike, check_limit
+from .common import MAX_IMAGE_BYTES, PathLike, check_limit
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})

@@ -38,7 +38,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..files import read_regular
 from ..tokenizers import Tokenizer
-from ._common import (BAD_CAPTION, BAD_IMAGE, BAD_SHARD, CAPTION_TOO_LARGE, EMPTY_CAPTION, IMAGE_TOO_LARGE,
+from .common import (BAD_CAPTION, BAD_IMAGE, BAD_SHARD, CAPTION_TOO_LARGE, EMPTY_CAPTION, IMAGE_TOO_LARGE,
                       MAX_CAPTION_BYTES, MAX_IMAGE_BYTES, NO_CAPTION, NO_IMAGE, PathLike, SkipLog, caption_lines,
                       check_common, check_limit, check_seed, generator, mix_seed, randint, resolve_rank,
                       tokenize_caption)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Dict, Iterator, List, Sequence, Tuple, Union, cast
 
 from ..files import open_regular
-from ._common import PathLike, check_limit
+from .common import PathLike, check_limit
 
 _REMOTE = ("http://", "https://", "pipe:")
 MAX_SOURCES = 1_000_000  # most sources one expand_urls call may produce (counted before expanding)

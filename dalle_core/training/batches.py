@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from ..data import TextImageDataset, WebTextImageDataset
-from ..data._common import generator, mix_seed
+from ..data.common import generator, mix_seed
 from ..tokenizers import Tokenizer
 from .config import TrainConfig
 

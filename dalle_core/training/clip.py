@@ -8,8 +8,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_int
-from ..clip import CLIP
+from ..utils import check_int
+from ..models.clip import CLIP
 from .batches import Batch
 from .checkpointing import find_tokenizer, load_tokenizer, save_tokenizer
 from .common import Trainer

@@ -26,9 +26,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..checkpoints import save_training_state, load_training_state
+from ..pretrained import save_training_state, load_training_state
 from ..errors import NonFiniteError
-from ..data._common import mix_seed
+from ..data.common import mix_seed
 from .batches import Batch, BatchStream, build_dataset, skip_counts
 from .checkpointing import CHECKPOINTS_DIR, checkpoint_path, crash_point, latest_checkpoint, write_checkpoint
 from .config import TrainConfig, config_to_dict, load_config_file

@@ -16,7 +16,7 @@ from pathlib import Path
 from os import PathLike
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 
-from .._utils import check_float, check_int
+from ..utils import check_float, check_int
 
 __all__ = ["option", "TrainConfig", "add_config_arguments", "config_from_args", "config_to_dict", "config_from_dict",
            "load_config_file", "MODEL_GROUP"]

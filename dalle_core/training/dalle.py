@@ -8,12 +8,12 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_float, check_int
-from ..dalle import DALLE
-from ..masks import ATTN_TYPES
+from ..utils import check_float, check_int
+from ..models.dalle import DALLE
+from ..models.masks import ATTN_TYPES
 from ..sampling import check_sampling_args
 from ..interop import load_dalle_pytorch_vae
-from ..vae import DiscreteVAE
+from ..models.vae import DiscreteVAE
 from .batches import Batch
 from .checkpointing import find_tokenizer, load_tokenizer, save_tokenizer
 from .common import Trainer

@@ -8,8 +8,8 @@ from typing import Any, ClassVar, Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_float, check_int
-from ..vae import DiscreteVAE, codebook_usage
+from ..utils import check_float, check_int
+from ..models.vae import DiscreteVAE, codebook_usage
 from .batches import Batch
 from .common import Trainer
 from .config import TrainConfig, option

@@ -24,7 +24,7 @@ import safetensors.torch
 import torch
 
 from dalle_core import CLIP, DALLE, CheckpointError, DiscreteVAE, from_pretrained
-from dalle_core.checkpoints import MAX_CONFIG_BYTES, load_training_state, save_training_state
+from dalle_core.pretrained import MAX_CONFIG_BYTES, load_training_state, save_training_state
 from dalle_core.files import check_regular_file, read_json
 from dalle_core.interop import load_dalle_pytorch, load_dalle_pytorch_clip, load_dalle_pytorch_vae
 from dalle_core.tokenizers import MAX_TOKENIZER_BYTES, HugTokenizer, Tokenizer, WordTokenizer, YttmTokenizer

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import dalle_core.dalle as dalle_module
-import dalle_core.transformer as transformer_module
+import dalle_core.models.dalle as dalle_module
+import dalle_core.models.transformer as transformer_module
 from dalle_core import CLIP, DALLE, DiscreteVAE
 from dalle_core.sampling import gumbel_sample, sample_logits, top_k, top_p
 from dalle_core.tokenizers import ByteTokenizer
-from dalle_core.transformer import MAX_BUFFER_BYTES, Transformer, buffer_bytes
+from dalle_core.models.transformer import MAX_BUFFER_BYTES, Transformer, buffer_bytes
 
 TEXT_LEN, VOCAB, NUM_CODES = 6, 20, 16
 ATTN = {"full": ("full",), "axial_row": ("axial_row",), "axial_col": ("axial_col",),

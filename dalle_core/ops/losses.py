@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import autocast_dtype
+from ..utils import autocast_dtype
 
 __all__ = ["linear_cross_entropy"]
 

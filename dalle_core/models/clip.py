@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ._utils import check_images, check_int, check_real_batch, check_same_batch, check_token_ids, eval_decorator
-from .checkpoints import PretrainedMixin
+from ..utils import check_images, check_int, check_real_batch, check_same_batch, check_token_ids, eval_decorator
+from ..pretrained import PretrainedMixin
 from .transformer import Transformer
 
 __all__ = ["CLIP", "RerankResult"]

@@ -2,7 +2,7 @@
 
     dalle-core demo [--out outputs/demo] [--quick] [--steps-scale 2] [--image-size 64]   (or python -m dalle_core.demo)
 
-It renders captioned shapes (`dalle_core.shapes`), trains the three models with plain AdamW loops, generates
+It renders captioned shapes (`dalle_core.demo.shapes`), trains the three models with plain AdamW loops, generates
 images for captions of seen colour-shape pairs and of held-out pairs never shown in training (plain sampling,
 classifier-free guidance, CLIP best-of-4, both), asks the shapes checker whether each image shows its caption,
 and writes to --out: reconstructions.png, generations_seen.png, generations_heldout.png, losses.png,
@@ -24,10 +24,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import shapes
-from .clip import CLIP
-from .data.images import to_pil
-from .dalle import DALLE
-from .vae import DiscreteVAE, codebook_usage
+from ..models.clip import CLIP
+from ..data.images import to_pil
+from ..models.dalle import DALLE
+from ..models.vae import DiscreteVAE, codebook_usage
 
 __all__ = ["DemoConfig", "main", "run"]
 
@@ -303,7 +303,7 @@ def run(cfg: DemoConfig, out: Path) -> dict:
     lap("generate_and_score")
 
     # the trained models, ready for `dalle-core generate` (tokenizer saved beside the DALLE and the CLIP)
-    from .training.checkpointing import save_tokenizer
+    from ..training.checkpointing import save_tokenizer
 
     for name, model in (("vae", vae), ("dalle", dalle), ("clip", clip)):
         model.save_pretrained(out / "models" / name)

@@ -25,9 +25,9 @@ from typing import Any, List, Sequence, Union
 import torch
 from torch import Tensor
 
-from ._tokenizer_files import (MAX_TOKENIZER_BYTES, TOKENIZER_KINDS, check_yttm_model, read_tokenizer_text,
+from .files import (MAX_TOKENIZER_BYTES, TOKENIZER_KINDS, check_yttm_model, read_tokenizer_text,
                                tokenizer_json)
-from .files import check_regular_file, parse_json, read_bytes
+from ..files import check_regular_file, parse_json, read_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
 Corpus = Union[PathLike, Iterable[str]]

@@ -17,10 +17,10 @@ from rotary_embedding_torch import RotaryEmbedding, broadcat
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ._utils import autocast_dtype, cast_tuple, check_float, check_int, default
+from ..utils import autocast_dtype, cast_tuple, check_float, check_int, default
 from .attention import Attention, AxialPattern, rotary_tables
 from .cache import KVCache
-from .linear import Linear
+from ..ops.linear import Linear
 from .masks import ATTN_TYPES, attention_mask
 
 __all__ = ["Transformer", "FeedForward", "TokenShift", "DivideMax", "dalle_rotary_table", "layer_scale_init",

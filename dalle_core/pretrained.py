@@ -167,9 +167,9 @@ def _dalle_core_version() -> str:
 
 
 def _model_classes() -> Dict[str, type]:
-    from .clip import CLIP
-    from .dalle import DALLE
-    from .vae import DiscreteVAE
+    from .models.clip import CLIP
+    from .models.dalle import DALLE
+    from .models.vae import DiscreteVAE
 
     return {"DiscreteVAE": DiscreteVAE, "DALLE": DALLE, "CLIP": CLIP}
 
@@ -233,7 +233,7 @@ def _builder(doc: Dict[str, Any], cls: Optional[type], n_tensors: Dict[str, int]
              path: Path) -> Tuple[str, Callable[[], nn.Module]]:
     """The class name and a function building the model `doc` describes, once its config passed the cheap checks
     (types of size keys; layer counts against `n_tensors`, the file's tensors per part: 'vae' and 'rest')."""
-    from ._validate import check_config
+    from .validation import check_config
 
     classes = _model_classes()
     name = doc["class"]
@@ -264,7 +264,7 @@ def from_pretrained(cls: Optional[type], directory: PathOrStr, map_location: Uni
                     *, allow_nonfinite: bool = False) -> nn.Module:
     """Rebuild the model saved in `directory` (of class `cls`, or whichever it records when None), in eval mode;
     NaN or infinite weights raise CheckpointError unless `allow_nonfinite`."""
-    from ._validate import build_checked, check_finite, compare_state
+    from .validation import build_checked, check_finite, compare_state
 
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -420,7 +420,7 @@ def load_training_state(directory: PathOrStr, *, optimizer: Any = None, schedule
                               f"(<= {FORMAT_VERSION})")
     targets = {name: obj for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("ema", ema))
                if obj is not None}
-    from ._validate import check_training_state
+    from .validation import check_training_state
 
     check_training_state(state, path, targets)
     for name, obj in targets.items():

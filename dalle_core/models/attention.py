@@ -1,6 +1,6 @@
 """Multi-head self-attention on `F.scaled_dot_product_attention`, with rotary embeddings and a KV cache.
 
-The visibility pattern arrives as a prebuilt boolean mask (see `dalle_core.masks`); no score tensor is
+The visibility pattern arrives as a prebuilt boolean mask (see `dalle_core.models.masks`); no score tensor is
 ever formed in Python.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .linear import Linear
+from ..ops.linear import Linear
 
 __all__ = ["Attention", "AxialPattern", "apply_rotary", "rotary_tables", "axial_attention"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict
 
-from .files import parse_json, read_bytes
+from ..files import parse_json, read_bytes
 
 MAX_TOKENIZER_BYTES = 64 * 2**20  # the largest published tokenizer.json files are about 20 MB
 TOKENIZER_KINDS = ("a dalle_core Byte/WordTokenizer JSON file, a Hugging Face tokenizer.json or a youtokentome "

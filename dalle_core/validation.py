@@ -15,9 +15,9 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ._utils import check_int
-from .checkpoints import CheckpointError
-from .transformer import MAX_BUFFER_BYTES
+from .utils import check_int
+from .pretrained import CheckpointError
+from .models.transformer import MAX_BUFFER_BYTES
 
 Expected = Mapping[str, Tuple[Tuple[int, ...], bool]]  # tensor name -> (shape, is floating point)
 Where = Union[str, PathLike]

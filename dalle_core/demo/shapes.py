@@ -25,9 +25,9 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .data._common import PathLike, mix_seed, tokenize_caption
-from .data.images import to_pil
-from .tokenizers import Tokenizer, WordTokenizer, default_tokenizer
+from ..data.common import PathLike, mix_seed, tokenize_caption
+from ..data.images import to_pil
+from ..tokenizers import Tokenizer, WordTokenizer, default_tokenizer
 
 __all__ = ["COLOURS", "SHAPES", "SIZES", "POSITIONS", "RELATIONS", "HELDOUT_PAIRS", "ShapeObject", "Scene",
            "CheckResult", "ShapesDataset", "colour_shape_pairs", "random_scene", "render", "make_sample",

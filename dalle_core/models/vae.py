@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ._utils import check_float, check_images, check_int, check_token_ids, default, eval_decorator
-from .checkpoints import PretrainedMixin
+from ..utils import check_float, check_images, check_int, check_token_ids, default, eval_decorator
+from ..pretrained import PretrainedMixin
 
 __all__ = ["DiscreteVAE", "ResBlock", "CodebookUsage", "codebook_usage"]
 

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from axial_positional_embedding import AxialPositionalEmbedding
 from torch import Tensor, nn
 
-from ._utils import (autocast_dtype, cast_tuple, check_float, check_images, check_int, check_real_batch,
+from ..utils import (autocast_dtype, cast_tuple, check_float, check_images, check_int, check_real_batch,
                      check_same_batch, check_token_ids, default, eval_decorator, set_requires_grad)
 from .cache import KVCache
-from .checkpoints import PretrainedMixin
-from .linear import pack_weight, packed_linear, prepacked
-from .losses import linear_cross_entropy
-from .sampling import check_sampling_args, classifier_free_guidance, sample_logits
+from ..pretrained import PretrainedMixin
+from ..ops.linear import pack_weight, packed_linear, prepacked
+from ..ops.losses import linear_cross_entropy
+from ..sampling import check_sampling_args, classifier_free_guidance, sample_logits
 from .transformer import DivideMax, Transformer, check_buffer_bytes
 
 __all__ = ["DALLE"]

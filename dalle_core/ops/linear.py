@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._utils import autocast_dtype
+from ..utils import autocast_dtype
 
 __all__ = ["Linear", "pack_weight", "packed_linear", "prepacked"]
 
