@@ -1,14 +1,10 @@
 """dalle-core: DALL-E in PyTorch — the dVAE, the DALLE transformer, the CLIP reranker and their sampling."""
 from . import data, sampling
-from .pretrained import CheckpointError, from_pretrained, load_training_state, save_pretrained, save_training_state
-from .models.cache import KVCache
-from .models.clip import CLIP
-from .models.dalle import DALLE
+from .errors import CheckpointError
 from .interop import load_dalle_pytorch, load_dalle_pytorch_clip, load_dalle_pytorch_vae
-from .models.transformer import Transformer
-from .models.vae import DiscreteVAE
-
-__version__ = "0.1.0"
+from .models import CLIP, DALLE, DiscreteVAE, KVCache, Transformer
+from .pretrained import from_pretrained, load_training_state, save_pretrained, save_training_state
+from .version import __version__
 
 __all__ = [
     "DALLE",

@@ -1,7 +1,11 @@
 """Errors a user can meet that are not plain ValueError / TypeError, importable without the training stack."""
 from __future__ import annotations
 
-__all__ = ["NonFiniteError"]
+__all__ = ["CheckpointError", "NonFiniteError"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file exists but is broken, truncated or does not fit what it is loaded into."""
 
 
 class NonFiniteError(RuntimeError):

@@ -1,8 +1,13 @@
-"""Reading files a user hands us as hostile data: regular files only, of bounded size, JSON of bounded depth.
+"""Files: reading what a user hands us as hostile data, and writing ours atomically.
+
+Reading: regular files only, of bounded size, JSON of bounded depth.
 
 Every check names the file. A FIFO, a device such as /dev/zero or a directory is refused before it is read (so
 nothing blocks or streams without end), a file larger than the cap is refused before it is read whole, and JSON
 nested deeper than `max_depth` is refused before the parser recurses into it.
+
+Writing: every file goes to a temporary file beside it, is fsynced, then `os.replace`d, so that a crash leaves the
+old file or the new one, never half of one.
 """
 from __future__ import annotations
 
@@ -10,13 +15,15 @@ import json
 import os
 import re
 import stat
+import uuid
+from contextlib import contextmanager
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, BinaryIO, Type, Union
+from typing import Any, BinaryIO, Iterator, List, Type, Union
 
 __all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "NotRegularFileError", "FileTooLargeError", "describe_mode",
            "check_regular_file", "open_regular", "read_regular", "read_bytes", "read_text", "json_depth", "parse_json",
-           "read_json"]
+           "read_json", "fsync_path", "atomic_files", "write_text_atomic"]
 
 PathOrStr = Union[str, "os.PathLike[str]"]
 MAX_JSON_BYTES = 16 * 2**20  # config files, tokenizer JSON and headers are far smaller
@@ -150,3 +157,40 @@ def read_json(path: PathOrStr, *, what: str = "JSON file", max_bytes: int = MAX_
     anything else raises `error` naming the file and what was expected."""
     text = read_text(path, max_bytes, what=what, error=error)
     return parse_json(text, what=str(path), max_depth=max_depth, error=error)
+
+
+# --- atomic writes --------------------------------------------------------------------------------------------
+
+
+def fsync_path(path: Path, directory: bool = False) -> None:
+    """Flush `path` (a file, or a directory's entries) to disk."""
+    try:
+        fd = os.open(path, (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if directory else os.O_RDWR)
+    except OSError:  # directories cannot be opened on Windows, where there is nothing to sync
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_files(*paths: Path) -> Iterator[List[Path]]:
+    """Yield temporary paths beside `paths`; once all are written, fsync and `os.replace` them in order."""
+    tmps = [p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.tmp") for p in paths]
+    try:
+        yield tmps
+        for tmp in tmps:
+            fsync_path(tmp)
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+        fsync_path(paths[0].parent, directory=True)
+    finally:
+        for tmp in tmps:  # nothing is left behind when a write fails
+            tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and `os.replace`: readers see the old or the new file."""
+    with atomic_files(path) as (tmp,):
+        tmp.write_text(text, encoding="utf-8")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .validation import build_checked, check_config, check_finite
-from .pretrained import CheckpointError
+from .errors import CheckpointError
 from .files import check_regular_file
 
 __all__ = [

@@ -19,30 +19,33 @@ plus everything else as tagged JSON in the header. Nothing here is ever pickled 
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import random
-import uuid
 import warnings
-from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
 
 import safetensors
 import safetensors.torch  # looked up at call time so tests can simulate a crash mid-write
 import torch
 from torch import Tensor, nn
 
-from .files import check_regular_file, parse_json, read_text
+from .errors import CheckpointError
+from .files import atomic_files, check_regular_file, parse_json, read_text
+from .validation import build_checked, check_config, check_finite, check_training_state, compare_state
+from .version import __version__
 
 try:
     import numpy as np
 except ImportError:  # numpy is optional; its global RNG is saved when it is installed
     np = None
 
-__all__ = ["CheckpointError", "PretrainedMixin", "save_pretrained", "from_pretrained", "save_training_state",
-           "load_training_state"]
+__all__ = ["CheckpointError", "PretrainedMixin", "MODEL_CLASSES", "save_pretrained", "from_pretrained",
+           "describe", "build_like", "save_training_state", "load_training_state"]
 
 PathOrStr = Union[str, PathLike]
 FORMAT_VERSION = 1
@@ -51,40 +54,6 @@ _CONFIG_KEY, _ALIASES_KEY, _TRAINING_KEY = "dalle_core_config", "dalle_core_alia
 _TAGS = ("__tensor__", "__tuple__", "__dict__")
 MAX_CONFIG_BYTES = 4 * 2**20  # a config.json is a few KB
 Expected = Dict[str, Tuple[Tuple[int, ...], bool]]  # tensor name -> (shape, floating point)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file exists but is broken, truncated or does not fit what it is loaded into."""
-
-
-# --- atomic files ---------------------------------------------------------------------------------------------
-
-
-def fsync_path(path: Path, directory: bool = False) -> None:
-    try:
-        fd = os.open(path, (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if directory else os.O_RDWR)
-    except OSError:  # directories cannot be opened on Windows, where there is nothing to sync
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def _atomic_files(*paths: Path) -> Iterator[List[Path]]:
-    """Yield temporary paths beside `paths`; once all are written, fsync and `os.replace` them in order."""
-    tmps = [p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.tmp") for p in paths]
-    try:
-        yield tmps
-        for tmp in tmps:
-            fsync_path(tmp)
-        for tmp, path in zip(tmps, paths):
-            os.replace(tmp, path)
-        fsync_path(paths[0].parent, directory=True)
-    finally:
-        for tmp in tmps:  # nothing is left behind when a write fails
-            tmp.unlink(missing_ok=True)
 
 
 def _write_safetensors(path: Path, tensors: Dict[str, Tensor], metadata: Dict[str, str]) -> None:
@@ -157,53 +126,121 @@ def _read_safetensors(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
     return tensors, metadata
 
 
-def _dalle_core_version() -> str:
-    import dalle_core  # at call time: this module is imported while dalle_core itself is loading
-
-    return getattr(dalle_core, "__version__", "unknown")
-
-
 # --- models ---------------------------------------------------------------------------------------------------
 
+MODEL_CLASSES: Dict[str, type] = {}  # class name -> class, for every model a checkpoint can name
+_RESERVED = ("class", "config", "format_version", "dalle_core_version")
 
-def _model_classes() -> Dict[str, type]:
-    from .models.clip import CLIP
-    from .models.dalle import DALLE
-    from .models.vae import DiscreteVAE
 
-    return {"DiscreteVAE": DiscreteVAE, "DALLE": DALLE, "CLIP": CLIP}
+def _json_ready(value: Any) -> Any:
+    """A constructor argument as it is stored in a config: tuples as lists, recursively."""
+    if isinstance(value, (tuple, list)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    return value
+
+
+def _recording(init: Callable) -> Callable:
+    """Wrap a model's `__init__` so that, once it returns, `self.config` holds the keywords it was called with
+    (defaults filled in; the module arguments named in `MODULE_ARGS` left out, as they are saved on their own).
+    A subclass's `__init__` runs last, so a subclass records its own arguments."""
+    signature = inspect.signature(init)
+    if any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values()):
+        raise TypeError(f"{init.__qualname__} takes *args: a model's constructor arguments must be keywords to "
+                        "be recorded in its config")
+
+    @functools.wraps(init)
+    def __init__(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        config: Dict[str, Any] = {}
+        for name, value in list(bound.arguments.items())[1:]:
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                config.update(value)
+            else:
+                config[name] = value
+        modules = getattr(type(self), "MODULE_ARGS", ())
+        self.config = {k: _json_ready(v) for k, v in config.items() if k not in modules}
+
+    return __init__
+
+
+class PretrainedMixin:
+    """What every dalle_core model shares: `config` (its constructor keywords, recorded when it is built),
+    `save_pretrained(directory)` and `cls.from_pretrained(directory)`.
+
+    A model class passes `register=True` (`class DALLE(PretrainedMixin, nn.Module, register=True)`) to be
+    nameable in a checkpoint; its subclasses save as the registered class they derive from. `MODULE_ARGS` names
+    constructor arguments that are models themselves (a DALLE's `vae`): each is stored as an attribute of the
+    same name and saved as its own {class, config} beside the model's config.
+    """
+
+    MODULE_ARGS: ClassVar[Tuple[str, ...]] = ()
+    config: Dict[str, Any]
+
+    def __init_subclass__(cls, register: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):
+            cls.__init__ = _recording(vars(cls)["__init__"])  # type: ignore[method-assign]
+        if register:
+            MODEL_CLASSES[cls.__name__] = cls
+
+    def save_pretrained(self, directory: PathOrStr) -> Path:
+        """Write this model to `directory` as config.json + model.safetensors."""
+        return save_pretrained(self, directory)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_pretrained(cls, directory: PathOrStr, map_location: Union[str, torch.device, None] = None, *,
+                        allow_nonfinite: bool = False) -> Any:
+        """Rebuild a model of this class from a directory written by `save_pretrained` (NaN/inf weights refused
+        unless `allow_nonfinite`)."""
+        return from_pretrained(cls, directory, map_location=map_location, allow_nonfinite=allow_nonfinite)
 
 
 def _class_name(cls: type) -> str:
-    """The dalle_core model class `cls` is or derives from (so subclasses save as their base)."""
-    classes = _model_classes()
+    """The registered model class `cls` is or derives from (so subclasses save as their base)."""
     for base in cls.__mro__:
-        if classes.get(base.__name__) is base:
+        if MODEL_CLASSES.get(base.__name__) is base:
             return base.__name__
-    raise TypeError(f"expected a dalle_core model class ({', '.join(classes)}), got {cls.__name__}")
+    raise TypeError(f"expected a dalle_core model class ({', '.join(MODEL_CLASSES)}), got {cls.__name__}")
 
 
-def _config_of(model: nn.Module) -> Dict[str, Any]:
+def describe(model: nn.Module) -> Dict[str, Any]:
+    """{"class", "config"} of `model`, with one such entry per module argument (a DALLE's "vae")."""
     config = getattr(model, "config", None)
     if not isinstance(config, dict):
         raise TypeError(f"{type(model).__name__} has no `config` dict of constructor keywords to save")
-    return {"class": _class_name(type(model)), "config": config}
+    doc = {"class": _class_name(type(model)), "config": config}
+    for name in getattr(type(model), "MODULE_ARGS", ()):
+        doc[name] = describe(getattr(model, name))
+    return doc
+
+
+def build_like(model: nn.Module) -> nn.Module:
+    """A new model of the same class and config as `model` (fresh random weights; its module arguments rebuilt
+    the same way), on `model`'s device."""
+    if not isinstance(getattr(model, "config", None), dict):
+        raise TypeError(f"expected a dalle_core model with a `config` dict, got {type(model).__name__}")
+    modules = {name: build_like(getattr(model, name)) for name in getattr(type(model), "MODULE_ARGS", ())}
+    copy = type(model)(**model.config, **modules)
+    first = next(model.parameters(), None)
+    return copy if first is None else copy.to(first.device)
 
 
 def save_pretrained(model: nn.Module, directory: PathOrStr) -> Path:
     """Write `model` to `directory` as config.json + model.safetensors, atomically; returns the directory."""
     directory = Path(directory)
-    doc: Dict[str, Any] = {"format_version": FORMAT_VERSION, "dalle_core_version": _dalle_core_version(),
-                           **_config_of(model)}
-    if doc["class"] == "DALLE":
-        doc["vae"] = _config_of(model.vae)
+    doc: Dict[str, Any] = {"format_version": FORMAT_VERSION, "dalle_core_version": __version__, **describe(model)}
     try:
         text = json.dumps(doc, indent=2, sort_keys=True)
     except (TypeError, ValueError) as e:
         raise TypeError(f"{type(model).__name__}.config must be JSON-serialisable to be saved: {e}") from e
     directory.mkdir(parents=True, exist_ok=True)
     # config.json first, weights last: until the weights land, their header still describes the old ones
-    with _atomic_files(directory / CONFIG_NAME, directory / WEIGHTS_NAME) as (config_tmp, weights_tmp):
+    with atomic_files(directory / CONFIG_NAME, directory / WEIGHTS_NAME) as (config_tmp, weights_tmp):
         config_tmp.write_text(text + "\n", encoding="utf-8")
         _write_safetensors(weights_tmp, model.state_dict(), {_CONFIG_KEY: text})
     return directory
@@ -229,33 +266,33 @@ def with_legacy_config(cls: type, config: Dict[str, Any]) -> Dict[str, Any]:
     return {**getattr(cls, "LEGACY_CONFIG", {}), **config}
 
 
-def _builder(doc: Dict[str, Any], cls: Optional[type], n_tensors: Dict[str, int],
-             path: Path) -> Tuple[str, Callable[[], nn.Module]]:
-    """The class name and a function building the model `doc` describes, once its config passed the cheap checks
-    (types of size keys; layer counts against `n_tensors`, the file's tensors per part: 'vae' and 'rest')."""
-    from .validation import check_config
-
-    classes = _model_classes()
-    name = doc["class"]
-    if name not in classes:
-        raise CheckpointError(f"{path}: unknown class {name!r} (expected one of {', '.join(classes)})")
+def _builder(doc: Dict[str, Any], cls: Optional[type], names: List[str], path: Path,
+             prefix: str = "") -> Tuple[str, Callable[[], nn.Module]]:
+    """The class name and a function building the model `doc` describes (its module arguments from their own
+    entries), once its config passed the cheap checks: types of size keys, and layer counts against the number
+    of the file's tensors (`names`) that belong to it rather than to a module argument."""
+    name = doc.get("class")
+    where = f"{path}" + (f" (entry {prefix[:-1]!r})" if prefix else "")
+    if name not in MODEL_CLASSES:
+        raise CheckpointError(f"{where}: unknown class {name!r} (expected one of {', '.join(MODEL_CLASSES)})")
+    if not isinstance(doc.get("config"), dict):
+        raise CheckpointError(f"{where}: expected a 'config' object of {name} keywords")
     if cls is not None and _class_name(cls) != name:
         raise CheckpointError(f"{path}: holds a {name}, not a {_class_name(cls)}; load it with {name}.from_pretrained")
-    cls = cls or classes[name]
+    cls = cls or MODEL_CLASSES[name]
     kwargs = with_legacy_config(cls, doc["config"])
-    vae: Dict[str, Any] = {}
-    if name == "DALLE":
-        vae = doc["vae"] if isinstance(doc.get("vae"), dict) else {}
-        if vae.get("class") != "DiscreteVAE" or not isinstance(vae.get("config"), dict):
-            raise CheckpointError(f"{path}: cannot build a DALLE from its config: a DALLE needs a 'vae' entry "
-                                  "{'class': 'DiscreteVAE', 'config': {...}}")
-        vae = {**vae, "config": with_legacy_config(classes["DiscreteVAE"], vae["config"])}
-        check_config("DiscreteVAE", vae["config"], n_tensors["vae"], path)
-    check_config(name, kwargs, n_tensors["rest"], path)
+    builders: Dict[str, Callable[[], nn.Module]] = {}
+    own = [n for n in names if n.startswith(prefix)]
+    for arg in getattr(cls, "MODULE_ARGS", ()):
+        if not isinstance(doc.get(arg), dict):
+            raise CheckpointError(f"{where}: cannot build a {name} from its config: it needs a {arg!r} entry "
+                                  "{'class': ..., 'config': {...}}")
+        _, builders[arg] = _builder(doc[arg], None, names, path, prefix + arg + ".")
+        own = [n for n in own if not n.startswith(prefix + arg + ".")]
+    check_config(name, kwargs, len(own), path)
 
     def build() -> nn.Module:
-        extra = {"vae": classes["DiscreteVAE"](**vae["config"])} if name == "DALLE" else {}
-        return cls(**kwargs, **extra)
+        return cls(**kwargs, **{arg: b() for arg, b in builders.items()})
 
     return name, build
 
@@ -264,8 +301,6 @@ def from_pretrained(cls: Optional[type], directory: PathOrStr, map_location: Uni
                     *, allow_nonfinite: bool = False) -> nn.Module:
     """Rebuild the model saved in `directory` (of class `cls`, or whichever it records when None), in eval mode;
     NaN or infinite weights raise CheckpointError unless `allow_nonfinite`."""
-    from .validation import build_checked, check_finite, compare_state
-
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.exists():
@@ -275,13 +310,13 @@ def from_pretrained(cls: Optional[type], directory: PathOrStr, map_location: Uni
     expected, metadata = _read_header(weights_path)
     if _CONFIG_KEY in metadata:  # the weights' own config wins (see the module docstring)
         header = _parse_doc(metadata[_CONFIG_KEY], weights_path)
-        if any(header.get(k) != doc.get(k) for k in ("class", "config", "vae")):
+        keys = (set(header) | set(doc)) - {"format_version", "dalle_core_version"}
+        if any(header.get(k) != doc.get(k) for k in keys):
             warnings.warn(f"{config_path} disagrees with the config stored in {weights_path} (a save interrupted "
                           "between its two renames, or a hand edit); building the model the weights were saved "
                           "with", UserWarning, stacklevel=3)
             doc, where = header, weights_path
-    n_vae = sum(k.startswith("vae.") for k in expected)
-    name, build = _builder(doc, cls, {"vae": n_vae, "rest": len(expected) - n_vae}, where)
+    name, build = _builder(doc, cls, list(expected), where)
     model = build_checked(build, name, expected, where, weights=weights_path)
     state, _ = _read_safetensors(weights_path)
     check_finite(state, weights_path, allow_nonfinite)
@@ -293,21 +328,6 @@ def from_pretrained(cls: Optional[type], directory: PathOrStr, map_location: Uni
     if map_location is not None:
         model.to(map_location)
     return model.eval()
-
-
-class PretrainedMixin:
-    """Adds `save_pretrained(directory)` and `cls.from_pretrained(directory)` to a dalle_core model class."""
-
-    def save_pretrained(self, directory: PathOrStr) -> Path:
-        """Write this model to `directory` as config.json + model.safetensors."""
-        return save_pretrained(self, directory)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_pretrained(cls, directory: PathOrStr, map_location: Union[str, torch.device, None] = None, *,
-                        allow_nonfinite: bool = False) -> Any:
-        """Rebuild a model of this class from a directory written by `save_pretrained` (NaN/inf weights refused
-        unless `allow_nonfinite`)."""
-        return from_pretrained(cls, directory, map_location=map_location, allow_nonfinite=allow_nonfinite)
 
 
 # --- training state -------------------------------------------------------------------------------------------
@@ -388,7 +408,7 @@ def save_training_state(directory: PathOrStr, *, optimizer: Any = None, schedule
     for name, value in (("data_state", data_state), ("extra", extra)):
         if value is not None and not isinstance(value, dict):
             raise TypeError(f"{name} must be a dict or None, got {type(value).__name__}")
-    state = {"format_version": FORMAT_VERSION, "dalle_core_version": _dalle_core_version(), "step": step,
+    state = {"format_version": FORMAT_VERSION, "dalle_core_version": __version__, "step": step,
              "optimizer": _state_dict_of("optimizer", optimizer), "scheduler": _state_dict_of("scheduler", scheduler),
              "ema": _state_dict_of("ema", ema), "rng": _get_rng() if rng else None,
              "data_state": data_state, "extra": extra}
@@ -396,7 +416,7 @@ def save_training_state(directory: PathOrStr, *, optimizer: Any = None, schedule
     text = json.dumps(_flatten(state, "", tensors))
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with _atomic_files(directory / TRAINING_STATE_NAME) as (tmp,):
+    with atomic_files(directory / TRAINING_STATE_NAME) as (tmp,):
         _write_safetensors(tmp, tensors, {_TRAINING_KEY: text})
     return directory
 
@@ -420,8 +440,6 @@ def load_training_state(directory: PathOrStr, *, optimizer: Any = None, schedule
                               f"(<= {FORMAT_VERSION})")
     targets = {name: obj for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("ema", ema))
                if obj is not None}
-    from .validation import check_training_state
-
     check_training_state(state, path, targets)
     for name, obj in targets.items():
         try:

@@ -108,6 +108,11 @@ def check_float(name: str, value: Any, *, low: Optional[float] = None, high: Opt
     return value
 
 
+# The precomputed tables of a Transformer (dense boolean masks, rotary table, token-shift indices) grow with the
+# square of the sequence length; a configuration past this would exhaust memory while building them, so it is
+# refused first (by the constructor and by checkpoint loading).
+MAX_BUFFER_BYTES = 16 * 2**30
+
 IMAGE_RANGE_TOLERANCE = 1e-3  # images may overshoot [0, 1] by this much (resampling, float rounding)
 
 

@@ -15,9 +15,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .utils import check_int
-from .pretrained import CheckpointError
-from .models.transformer import MAX_BUFFER_BYTES
+from .errors import CheckpointError
+from .utils import MAX_BUFFER_BYTES, check_int
 
 Expected = Mapping[str, Tuple[Tuple[int, ...], bool]]  # tensor name -> (shape, is floating point)
 Where = Union[str, PathLike]

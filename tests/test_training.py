@@ -109,17 +109,17 @@ def trained_vae(tmp_path_factory, folder) -> Path:
 
 def test_temperature_is_a_cosine_of_the_step_index_from_1_to_1_16():
     config = VAETrainConfig(temp_anneal_steps=1000)
-    assert config.temperature(0) == 1.0
-    assert config.temperature(500) == pytest.approx((1 + 1 / 16) / 2)
-    assert config.temperature(1000) == pytest.approx(1 / 16) and config.temperature(5000) == pytest.approx(1 / 16)
-    values = [config.temperature(s) for s in range(0, 1001, 50)]
+    assert config.temperature_at(0) == 1.0
+    assert config.temperature_at(500) == pytest.approx((1 + 1 / 16) / 2)
+    assert config.temperature_at(1000) == pytest.approx(1 / 16) and config.temperature_at(5000) == pytest.approx(1 / 16)
+    values = [config.temperature_at(s) for s in range(0, 1001, 50)]
     assert all(a > b for a, b in zip(values, values[1:]))  # strictly decreasing while annealing
     # any step is read off the formula, whatever happened before it (no compounding)
-    assert config.temperature(321) == pytest.approx(1 / 16 + (15 / 16) * 0.5 * (1 + math.cos(math.pi * 0.321)))
+    assert config.temperature_at(321) == pytest.approx(1 / 16 + (15 / 16) * 0.5 * (1 + math.cos(math.pi * 0.321)))
 
 
 def test_kl_weight_warms_up_from_zero_to_its_target():
-    config = VAETrainConfig(kl_weight=6.6, kl_warmup_steps=5000)
+    config = VAETrainConfig(kl_div_loss_weight=6.6, kl_warmup_steps=5000)
     assert config.kl_weight_at(0) == 0.0
     assert config.kl_weight_at(2500) == pytest.approx(3.3)
     assert config.kl_weight_at(5000) == pytest.approx(6.6) and config.kl_weight_at(10**6) == pytest.approx(6.6)
@@ -131,13 +131,13 @@ def test_vae_run_config_follows_the_model_defaults_and_reads_older_runs_as_they_
 
     config = VAETrainConfig()
     vae = DiscreteVAE()
-    assert (config.entropy_loss_weight, config.diversity_gamma, config.kl_weight) == (
+    assert (config.entropy_loss_weight, config.diversity_gamma, config.kl_div_loss_weight) == (
         vae.entropy_loss_weight, vae.diversity_gamma, vae.kl_div_loss_weight)
-    saved = config_to_dict(VAETrainConfig(kl_weight=0.01))
+    saved = config_to_dict(VAETrainConfig(kl_div_loss_weight=0.01))
     del saved["entropy_loss_weight"], saved["diversity_gamma"]  # a run folder written before these fields
     (tmp_path / "train_config.json").write_text(json.dumps({"config": saved}))
     old = load_config_file(VAETrainConfig, tmp_path / "train_config.json")
-    assert old.entropy_loss_weight == 0.0 and old.kl_weight == 0.01
+    assert old.entropy_loss_weight == 0.0 and old.kl_div_loss_weight == 0.01
 
 
 def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_its_floor():
@@ -174,7 +174,7 @@ def test_vae_trainer_lowers_the_loss_and_writes_model_checkpoints_samples_and_me
     assert len(curve) == 24 and sum(curve[-4:]) < sum(curve[:4])
     rows = [r for r in metrics(out) if "loss" in r]
     assert all(0 < r["codebook_usage"] <= 1 and 1 <= r["perplexity"] <= 32 for r in rows)
-    assert [r["temperature"] for r in rows] == pytest.approx([config.temperature(s) for s in range(24)])
+    assert [r["temperature"] for r in rows] == pytest.approx([config.temperature_at(s) for s in range(24)])
     assert [p.name for p in list_checkpoints(out)] == ["step-00000012", "step-00000024"]
     for name in ("model", "ema"):
         assert (out / "checkpoints" / "step-00000024" / name / "model.safetensors").is_file()
@@ -299,7 +299,7 @@ def test_vae_trains_on_images_without_captions_too(tmp_path):
 # --- exact resume after SIGKILL (subprocesses, one thread each) -----------------------------------------------
 
 RESUME_FLAGS = dict(steps=7, batch_size=2, grad_accum=2, warmup_steps=2, log_every=1, sample_every=3, save_every=2,
-                    ema_decay=0.9, temp_anneal_steps=7, kl_weight=0.1, kl_warmup_steps=3, keep_checkpoints=5,
+                    ema_decay=0.9, temp_anneal_steps=7, kl_div_loss_weight=0.1, kl_warmup_steps=3, keep_checkpoints=5,
                     **TINY_VAE)
 
 

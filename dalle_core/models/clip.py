@@ -35,8 +35,24 @@ class RerankResult(NamedTuple):
     indices: Tensor
 
 
-class CLIP(PretrainedMixin, nn.Module):
-    """Contrastive text/image encoder pair with DALLE-pytorch 1.6.6's keywords, parameter names and outputs."""
+class CLIP(PretrainedMixin, nn.Module, register=True):
+    """Contrastive text/image encoder pair with DALLE-pytorch 1.6.6's keywords, parameter names and outputs.
+
+    Args:
+        dim_text: text encoder width.
+        dim_image: image encoder width.
+        dim_latent: shared latent size.
+        num_text_tokens: caption vocabulary size (the tokenizer's vocab_size).
+        text_enc_depth: text encoder layers.
+        text_seq_len: caption tokens.
+        text_heads: text encoder heads.
+        num_visual_tokens: accepted for DALLE-pytorch compatibility; unused.
+        visual_enc_depth: image encoder layers.
+        visual_heads: image encoder heads.
+        visual_image_size: image side in pixels.
+        visual_patch_size: patch side in pixels.
+        channels: image channels: 3 (RGB) or 4 (RGBA).
+    """
 
     def __init__(
         self,
@@ -66,12 +82,6 @@ class CLIP(PretrainedMixin, nn.Module):
         if visual_image_size % visual_patch_size != 0:
             raise ValueError(f"visual_image_size ({visual_image_size}) must be divisible by visual_patch_size "
                              f"({visual_patch_size})")
-        self.config: Dict[str, Any] = dict(
-            dim_text=dim_text, dim_image=dim_image, dim_latent=dim_latent, num_text_tokens=num_text_tokens,
-            text_enc_depth=text_enc_depth, text_seq_len=text_seq_len, text_heads=text_heads,
-            num_visual_tokens=num_visual_tokens, visual_enc_depth=visual_enc_depth, visual_heads=visual_heads,
-            visual_image_size=visual_image_size, visual_patch_size=visual_patch_size, channels=channels,
-        )
         self.num_text_tokens = num_text_tokens
         self.text_seq_len = text_seq_len
         self.visual_image_size = visual_image_size

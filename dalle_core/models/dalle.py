@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +30,37 @@ __all__ = ["DALLE"]
 CacheArg = Optional[Union[KVCache, dict]]
 
 
-class DALLE(PretrainedMixin, nn.Module):
-    """Text-to-image transformer: models p(text, image codes) autoregressively; the dVAE `vae` is frozen."""
+class DALLE(PretrainedMixin, nn.Module, register=True):
+    """Text-to-image transformer: models p(text, image codes) autoregressively; the dVAE `vae` is frozen.
+
+    Args:
+        dim: model width.
+        vae: the trained image tokenizer (a DiscreteVAE); frozen, and saved with the DALLE.
+        num_text_tokens: caption vocabulary size (the tokenizer's vocab_size).
+        text_seq_len: caption tokens.
+        depth: transformer layers.
+        heads: attention heads.
+        dim_head: size of each head.
+        reversible: reversible layers (less activation memory).
+        attn_dropout: attention dropout.
+        ff_dropout: feed-forward dropout.
+        sparse_attn: accepted for DALLE-pytorch compatibility; does nothing (choose patterns with attn_types).
+        attn_types: attention patterns cycled over the layers (full, axial_row, axial_col, conv_like, row, col,
+            conv); None means full.
+        loss_img_weight: image loss weight against the text loss (the paper: 7).
+        stable: the CogView stabilisation tricks.
+        sandwich_norm: sandwich layer norm.
+        shift_tokens: token shifting.
+        rotary_emb: rotary position embeddings (else learned text and axial image position embeddings).
+        shared_attn_ids: layers with the same id share their attention weights (None: none shared).
+        shared_ff_ids: layers with the same id share their feed-forward weights (None: none shared).
+        share_input_output_emb: tie the input embeddings to the output layer.
+        optimize_for_inference: accepted for DALLE-pytorch compatibility; does nothing.
+        gradient_checkpointing: recompute activations in the backward pass.
+        conv_kernel_size: kernel side of the conv_like attention pattern (None: the pattern's default).
+    """
+
+    MODULE_ARGS = ("vae",)  # saved as its own {class, config} beside the DALLE's
 
     def __init__(
         self,
@@ -46,15 +75,15 @@ class DALLE(PretrainedMixin, nn.Module):
         reversible: bool = False,
         attn_dropout: float = 0.0,
         ff_dropout: float = 0.0,
-        sparse_attn: Any = False,
-        attn_types: Any = None,
+        sparse_attn: Union[bool, Sequence[bool]] = False,
+        attn_types: Union[str, Sequence[str], None] = None,
         loss_img_weight: float = 7,
         stable: bool = False,
         sandwich_norm: bool = False,
         shift_tokens: bool = True,
         rotary_emb: bool = True,
-        shared_attn_ids: Any = None,
-        shared_ff_ids: Any = None,
+        shared_attn_ids: Optional[Sequence[int]] = None,
+        shared_ff_ids: Optional[Sequence[int]] = None,
         share_input_output_emb: bool = False,
         optimize_for_inference: bool = False,
         gradient_checkpointing: bool = False,
@@ -80,17 +109,6 @@ class DALLE(PretrainedMixin, nn.Module):
         layer_types = [str(t) for t in cast_tuple(default(attn_types, ("full",)))]
         check_buffer_bytes(text_len=text_seq_len + 1, fmap_size=fmap, dim=dim, dim_head=dim_head,
                            attn_types=layer_types[:depth], rotary=bool(rotary_emb), shift=bool(shift_tokens))
-        self.config = dict(
-            dim=dim, num_text_tokens=num_text_tokens, text_seq_len=text_seq_len, depth=depth, heads=heads,
-            dim_head=dim_head, reversible=reversible, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
-            attn_types=list(attn_types) if isinstance(attn_types, (tuple, list)) else attn_types,
-            loss_img_weight=loss_img_weight, stable=stable, sandwich_norm=sandwich_norm, shift_tokens=shift_tokens,
-            rotary_emb=rotary_emb, shared_attn_ids=None if shared_attn_ids is None else list(shared_attn_ids),
-            shared_ff_ids=None if shared_ff_ids is None else list(shared_ff_ids),
-            share_input_output_emb=share_input_output_emb, gradient_checkpointing=gradient_checkpointing,
-            conv_kernel_size=conv_kernel_size,
-        )
-
         self.image_fmap_size = fmap
         self.text_seq_len = text_seq_len
         self.image_seq_len = fmap * fmap

@@ -17,18 +17,15 @@ from rotary_embedding_torch import RotaryEmbedding, broadcat
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..utils import autocast_dtype, cast_tuple, check_float, check_int, default
+from ..utils import MAX_BUFFER_BYTES, autocast_dtype, cast_tuple, check_float, check_int, default
 from .attention import Attention, AxialPattern, rotary_tables
 from .cache import KVCache
 from ..ops.linear import Linear
 from .masks import ATTN_TYPES, attention_mask
 
 __all__ = ["Transformer", "FeedForward", "TokenShift", "DivideMax", "dalle_rotary_table", "layer_scale_init",
-           "buffer_bytes", "check_buffer_bytes", "MAX_BUFFER_BYTES"]
+           "buffer_bytes", "check_buffer_bytes"]
 
-# The precomputed tables (dense boolean masks, rotary table, token-shift indices) grow with the square of the
-# sequence length; a configuration past this would exhaust memory while building them, so it is refused first.
-MAX_BUFFER_BYTES = 16 * 2**30
 
 
 def buffer_bytes(*, text_len: int, fmap_size: Optional[int], dim: int, dim_head: int, attn_types: Sequence[str],
@@ -292,7 +289,7 @@ class Transformer(nn.Module):
                 raise ValueError("attn_types 'sparse' (DeepSpeed block-sparse kernels) is not supported; use "
                                  "'axial_row', 'axial_col', 'conv_like' or the paper's 'row', 'col', 'conv'")
             if t not in ATTN_TYPES:
-                raise ValueError(f"unknown attention type {t!r}; expected one of {ATTN_TYPES}")
+                raise ValueError(f"unknown attention type {t!r} in attn_types; expected one of {ATTN_TYPES}")
         if image_fmap_size is None and (shift_tokens or rotary_emb or set(attn_types) != {"full"}):
             raise ValueError("shift_tokens, rotary_emb and sparse attention patterns need image_fmap_size")
         if conv_kernel_size is not None and image_fmap_size is not None and conv_kernel_size > 2 * image_fmap_size + 1:

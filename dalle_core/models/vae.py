@@ -89,7 +89,7 @@ def _check_normalization(normalization: Any, channels: int) -> Optional[Tuple[Tu
     return means, stds
 
 
-class DiscreteVAE(PretrainedMixin, nn.Module):
+class DiscreteVAE(PretrainedMixin, nn.Module, register=True):
     """Convolutional dVAE with a Gumbel-softmax bottleneck over a learned codebook (images in [0, 1]).
 
     The reference's constructor and defaults, plus two loss terms on by default (`entropy_loss_weight=0.001`,
@@ -102,6 +102,25 @@ class DiscreteVAE(PretrainedMixin, nn.Module):
     probe), and its DALLE followed the caption in 24% of plain samples against the reference's 47%. Measured
     numbers for the entropy defaults are in the README's "Learning on real data"; on the demo's shapes data
     they did worse than a KL weight of 0.01, which the demo keeps.
+
+    Args:
+        image_size: image side in pixels (a power of 2).
+        num_tokens: codebook size.
+        codebook_dim: codebook vector size.
+        num_layers: downsamplings: the code grid is image_size / 2**num_layers a side.
+        num_resnet_blocks: residual blocks in the encoder and in the decoder.
+        hidden_dim: convolution channels.
+        channels: image channels: 3 (RGB) or 4 (RGBA).
+        smooth_l1_loss: smooth L1 instead of MSE reconstruction loss.
+        temperature: Gumbel-softmax temperature (a trainer anneals from it; the paper ends at 1/16).
+        straight_through: hard one-hot samples with straight-through gradients.
+        reinmax: ReinMax gradients (with straight_through).
+        kl_div_loss_weight: weight of KL(q || uniform) per latent position; it flattens every position's
+            posterior, so codes turn noisy (the entropy terms are the default).
+        entropy_loss_weight: weight of the entropy terms: confident codes at each position, spread over the
+            codebook across the batch.
+        diversity_gamma: how much the batch's code entropy counts against the per-position entropy.
+        normalization: (means, stds) per channel of the space the encoder and decoder work in, or None.
     """
 
     # what a config saved before a keyword existed meant: the entropy terms were added after configs were written
@@ -143,15 +162,6 @@ class DiscreteVAE(PretrainedMixin, nn.Module):
         check_float("diversity_gamma", diversity_gamma, low=0)
         self.normalization = _check_normalization(normalization, channels)
 
-        self.config: Dict[str, Any] = dict(
-            image_size=image_size, num_tokens=num_tokens, codebook_dim=codebook_dim, num_layers=num_layers,
-            num_resnet_blocks=num_resnet_blocks, hidden_dim=hidden_dim, channels=channels,
-            smooth_l1_loss=bool(smooth_l1_loss), temperature=float(temperature),
-            straight_through=bool(straight_through), reinmax=bool(reinmax),
-            kl_div_loss_weight=float(kl_div_loss_weight), entropy_loss_weight=float(entropy_loss_weight),
-            diversity_gamma=float(diversity_gamma),
-            normalization=None if normalization is None else [[float(v) for v in t] for t in normalization],
-        )
         self.image_size = image_size
         self.num_tokens = num_tokens
         self.num_layers = num_layers

@@ -17,7 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
-from ..pretrained import TRAINING_STATE_NAME, fsync_path
+from ..files import fsync_path
+from ..pretrained import TRAINING_STATE_NAME
 from ..tokenizers import Tokenizer, YttmTokenizer, default_tokenizer
 
 __all__ = ["CHECKPOINTS_DIR", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "write_checkpoint",

@@ -8,51 +8,33 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..utils import check_int
 from ..models.clip import CLIP
 from .batches import Batch
 from .checkpointing import find_tokenizer, load_tokenizer, save_tokenizer
 from .common import Trainer
-from .config import TrainConfig, option
+from .config import TrainConfig, model_options, option
 
 __all__ = ["CLIPTrainConfig", "CLIPTrainer", "train_clip"]
 
 
 @dataclass
+@model_options(CLIP, skip=("num_text_tokens", "num_visual_tokens"))
 class CLIPTrainConfig(TrainConfig):
-    """CLIP training: the two encoders' sizes and the tokenizer."""
+    """CLIP training: the two encoders' keywords (CLIP's) and the tokenizer, which sets the vocabulary."""
 
     out: str = option("runs/clip", "output directory: checkpoints, metrics.jsonl, the final model")
     batch_size: int = option(32, "samples per process per micro-batch (the contrastive loss wants many)", "optim")
     truncate_captions: bool = option(True, "cut captions longer than text_seq_len (else they raise)", "data")
-
     tokenizer: Optional[str] = option(None, "tokenizer file (Tokenizer.load); default: UTF-8 bytes", "model")
-    dim_text: int = option(512, "text encoder width", "model")
-    dim_image: int = option(512, "image encoder width", "model")
-    dim_latent: int = option(512, "shared latent size", "model")
-    text_enc_depth: int = option(6, "text encoder layers", "model")
-    text_seq_len: int = option(256, "caption tokens", "model")
-    text_heads: int = option(8, "text encoder heads", "model")
-    visual_enc_depth: int = option(6, "image encoder layers", "model")
-    visual_heads: int = option(8, "image encoder heads", "model")
-    visual_image_size: int = option(256, "image side in pixels", "model")
-    visual_patch_size: int = option(32, "patch side in pixels", "model")
-    channels: int = option(3, "image channels: 3 (RGB) or 4 (RGBA)", "model")
 
     def validate(self) -> None:
-        """Also refuse encoder sizes that cannot build a model, before any training step."""
+        """Also refuse encoder options that cannot build a model, before any training step."""
         super().validate()
-        for name in ("dim_text", "dim_image", "dim_latent", "text_enc_depth", "text_seq_len", "text_heads",
-                     "visual_enc_depth", "visual_heads", "visual_image_size", "visual_patch_size"):
-            check_int(name, getattr(self, name), minimum=1)
-        if self.visual_image_size % self.visual_patch_size:
-            raise ValueError(f"visual_image_size ({self.visual_image_size}) must be divisible by visual_patch_size "
-                             f"({self.visual_patch_size})")
-        if self.channels not in (3, 4) or isinstance(self.channels, bool):
+        if self.channels not in (3, 4):
             raise ValueError(f"channels must be 3 (RGB) or 4 (RGBA), got {self.channels!r}")
         if self.tokenizer is not None and not isinstance(self.tokenizer, str):
             raise TypeError(f"tokenizer must be a str (a path) or None, got {type(self.tokenizer).__name__}")
-
+        self.check_model(num_text_tokens=1)  # the tokenizer's size is known once it is loaded
 
 class CLIPTrainer(Trainer):
     """Trains a `CLIP`; at sample time it logs in-batch retrieval accuracy on a fixed batch (no images)."""
@@ -66,12 +48,7 @@ class CLIPTrainer(Trainer):
         self.tokenizer = load_tokenizer(str(saved) if saved else config.tokenizer)
 
     def build_model(self) -> nn.Module:
-        c = self.config
-        return CLIP(dim_text=c.dim_text, dim_image=c.dim_image, dim_latent=c.dim_latent,
-                    num_text_tokens=self.tokenizer.vocab_size, text_enc_depth=c.text_enc_depth,
-                    text_seq_len=c.text_seq_len, text_heads=c.text_heads, visual_enc_depth=c.visual_enc_depth,
-                    visual_heads=c.visual_heads, visual_image_size=c.visual_image_size,
-                    visual_patch_size=c.visual_patch_size, channels=c.channels)
+        return CLIP(num_text_tokens=self.tokenizer.vocab_size, **self.config.model_kwargs())
 
     def load_model(self, directory: Path) -> nn.Module:
         return CLIP.from_pretrained(directory)

@@ -25,14 +25,15 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .. import __version__
-from ..pretrained import save_training_state, load_training_state
+from ..files import write_text_atomic
+from ..version import __version__
+from ..pretrained import build_like, load_training_state, save_training_state
 from ..errors import NonFiniteError
 from ..data.common import mix_seed
 from .batches import Batch, BatchStream, build_dataset, skip_counts
 from .checkpointing import CHECKPOINTS_DIR, checkpoint_path, crash_point, latest_checkpoint, write_checkpoint
 from .config import TrainConfig, config_to_dict, load_config_file
-from .ema import EMA, rebuild
+from .ema import EMA
 from .outputs import SAMPLE_IDS_NAME, MetricsLog, record_sample_ids, truncate_metrics, weight_checksum
 from .schedules import warmup_cosine_scheduler
 
@@ -191,9 +192,7 @@ class Trainer:
     def _write_run_config(self) -> None:
         doc = {"trainer": self.kind, "dalle_core_version": __version__, "config": config_to_dict(self.config)}
         path = self.out / RUN_CONFIG_NAME
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
 
     def train(self) -> nn.Module:
         """Train to `config.steps` updates (continuing from the latest checkpoint when resuming)."""
@@ -360,7 +359,7 @@ class Trainer:
         state = self.accelerator.get_state_dict(self.model)  # a collective: every process calls it
         if not self.is_main:
             return None
-        full = rebuild(self.unwrapped).cpu()
+        full = build_like(self.unwrapped).cpu()
         full.load_state_dict(state)
         return full
 

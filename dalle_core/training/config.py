@@ -1,25 +1,34 @@
 """Run configuration: a dataclass per trainer whose documented fields are also the command-line flags.
 
-Every field is declared with `option(default, help, group)`; `add_config_arguments` turns the fields of a
-config class into argparse flags (`batch_size` -> `--batch-size`, bools as `--bf16/--no-bf16`), and
-`config_from_args` builds a config from only the flags that were given, on top of a base config (the
-defaults, or the saved config of the run being resumed).
+A trainer's own fields are declared with `option(default, help, group)`. The model's fields are not written
+here at all: `@model_options(DALLE, ...)` adds one field per keyword of the model's constructor, typed,
+defaulted and documented from the constructor's signature and its docstring's `Args:` section, so a new model
+keyword appears in the config, its saved `train_config.json` and as a `train-*` flag by itself.
+`add_config_arguments` turns the fields of a config class into argparse flags (`batch_size` -> `--batch-size`,
+bools as `--bf16/--no-bf16`), and `config_from_args` builds a config from only the flags that were given, on
+top of a base config (the defaults, or the saved config of the run being resumed).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 import typing
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from os import PathLike
-from typing import Any, Dict, Optional, Tuple, Type, TypeVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Type, TypeVar, Union
+
+import torch
 
 from ..utils import check_float, check_int
 
-__all__ = ["option", "TrainConfig", "add_config_arguments", "config_from_args", "config_to_dict", "config_from_dict",
-           "load_config_file", "MODEL_GROUP"]
+__all__ = ["option", "model_options", "argument_docs", "TrainConfig", "add_config_arguments", "config_from_args",
+           "config_to_dict", "config_from_dict", "load_config_file", "MODEL_GROUP"]
 
 C = TypeVar("C", bound="TrainConfig")
 MODEL_GROUP = "model"  # fields that shape the model: fixed for the life of a run
@@ -33,9 +42,92 @@ def option(default: Any, help: str, group: str = "run") -> Any:
     return field(default=default, metadata={"help": help, "group": group})
 
 
+_ARG_LINE = re.compile(r"^(\s+)(\w+): (.*)$")
+
+
+def argument_docs(cls: type) -> Dict[str, str]:
+    """The `Args:` section of `cls`'s docstring as {keyword: one-line description}."""
+    docs: Dict[str, str] = {}
+    lines = inspect.getdoc(cls).splitlines() if inspect.getdoc(cls) else []
+    if "Args:" not in lines:
+        return docs
+    indent, name = None, None
+    for line in lines[lines.index("Args:") + 1:]:
+        match = _ARG_LINE.match(line)
+        if match and (indent is None or len(match.group(1)) == indent):
+            indent, name = len(match.group(1)), match.group(2)
+            docs[name] = match.group(3).strip()
+        elif name is not None and line.strip() and len(line) - len(line.lstrip()) > (indent or 0):
+            docs[name] += " " + line.strip()
+        elif line.strip():  # the section ended
+            break
+    return {k: v.rstrip(".") for k, v in docs.items()}
+
+
+def _field_type(hint: Any) -> Any:
+    """The config field type for a constructor annotation: sequences become tuples (JSON lists, `nargs` flags);
+    what a flag cannot spell as words (nested sequences, Any) is kept as `Any`, given as JSON on the command line."""
+    simple = (int, float, bool, str)
+    if hint in simple:
+        return hint
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    if typing.get_origin(hint) is Union:
+        # str or a sequence of str (attn_types): a tuple of str; bool or a sequence of bool: a tuple of bool
+        seqs = [a for a in args if typing.get_origin(a) in (Sequence, tuple, list)]
+        inner = _field_type(seqs[0]) if len(seqs) == 1 else _field_type(args[0]) if len(args) == 1 else Any
+        return Optional[inner] if optional and inner is not Any else inner
+    if typing.get_origin(hint) in (Sequence, tuple, list):
+        item = args[0] if args else Any
+        return Tuple[item, ...] if item in simple else Any
+    return Any
+
+
+def model_options(model_class: type, *, skip: Tuple[str, ...] = (), defaults: Optional[Dict[str, Any]] = None,
+                  groups: Optional[Dict[str, str]] = None) -> Callable[[type], type]:
+    """Class decorator (placed under `@dataclass`): a config field per keyword of `model_class`'s constructor.
+
+    Each field takes the keyword's type and default from the signature and its help from the class docstring's
+    `Args:` section. `skip` leaves keywords out (those a trainer fills itself, such as the tokenizer's vocabulary
+    size); `defaults` gives a trainer's own default (required keywords need one); `groups` moves a field out of
+    the "model" group (fixed for the life of a run) into another, e.g. a loss weight into "optim".
+    """
+    defaults, groups = dict(defaults or {}), dict(groups or {})
+
+    def add(cls: type) -> type:
+        signature = inspect.signature(model_class.__init__)
+        hints = typing.get_type_hints(model_class.__init__)
+        docs = argument_docs(model_class)
+        annotations = dict(cls.__dict__.get("__annotations__", {}))
+        names = []
+        for p in list(signature.parameters.values())[1:]:
+            if p.name in skip or p.name in getattr(model_class, "MODULE_ARGS", ()) or p.kind in (
+                    p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            default = defaults.pop(p.name, p.default)
+            if default is p.empty:
+                raise TypeError(f"{model_class.__name__}({p.name}=...) has no default: give {cls.__name__} one "
+                                "through model_options(defaults=...)")
+            annotations[p.name] = _field_type(hints.get(p.name, Any))
+            setattr(cls, p.name, field(default=default, metadata={
+                "help": docs.get(p.name, f"{model_class.__name__}'s {p.name}"), "group": groups.get(p.name, MODEL_GROUP),
+                "model_kwarg": True}))
+            names.append(p.name)
+        if defaults:
+            raise TypeError(f"model_options: {model_class.__name__} has no keywords {sorted(defaults)}")
+        cls.__annotations__ = annotations
+        cls.model_class = model_class
+        return cls
+
+    return add
+
+
 @dataclass
 class TrainConfig:
     """What every trainer shares: data, optimisation (AdamW, warmup + cosine), EMA, logging, checkpoints."""
+
+    model_class: ClassVar[Optional[type]] = None  # set by `model_options`
+    RENAMED: ClassVar[Dict[str, str]] = {}  # old field name -> new: read in saved configs, accepted as flags
 
     folder: Optional[str] = option(None, "folder of images with same-stem .txt captions (train-vae: images alone)", "data")
     shards: Optional[str] = option(None, "WebDataset tar shards: a file, a directory, a URL or a brace pattern "
@@ -101,11 +193,45 @@ class TrainConfig:
         for name in ("bf16", "use_ema", "cpu", "tensorboard", "wandb", "debug_record"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        hints = _hints(type(self))
+        for name, value in self.model_kwargs().items():  # the constructor checks ranges; the types are checked here
+            _check_type(name, value, hints[name])
 
     def model_fields(self) -> Dict[str, Any]:
-        """The fields in the model group, by name."""
-        fields = dataclasses.fields(self)
-        return {f.name: getattr(self, f.name) for f in fields if f.metadata.get("group") == MODEL_GROUP}
+        """The fields in the model group, by name (JSON-ready: tuples as lists)."""
+        return {f.name: config_to_dict(self)[f.name] for f in dataclasses.fields(self)
+                if f.metadata.get("group") == MODEL_GROUP}
+
+    def model_kwargs(self) -> Dict[str, Any]:
+        """The model constructor's keywords this config sets (see `model_options`)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("model_kwarg")}
+
+    def check_model(self, **extra: Any) -> None:
+        """Build the model these options describe on the meta device (no memory): the constructor's own checks
+        refuse what cannot work before any data is read or any step is taken."""
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")  # warnings are the real build's to give
+            self.model_class(**self.model_kwargs(), **extra)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    """TypeError unless `value` fits a field type made by `_field_type`."""
+    if value is None and type(None) in typing.get_args(hint):
+        return
+    hint = _unwrap_optional(hint)
+    if hint is Any:
+        return
+    if _is_tuple(hint):
+        if not isinstance(value, (tuple, list)):
+            raise TypeError(f"{name} must be a list, got {type(value).__name__} {value!r}")
+        for i, item in enumerate(value):
+            _check_type(f"{name}[{i}]", item, typing.get_args(hint)[0])
+        return
+    ok = isinstance(value, bool) if hint is bool else isinstance(value, (int, float)) and not isinstance(
+        value, bool) if hint is float else isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    if not ok:
+        raise TypeError(f"{name} must be {'True or False' if hint is bool else 'a ' + hint.__name__}, got "
+                        f"{type(value).__name__} {value!r}")
 
 
 # --- JSON ---------------------------------------------------------------------------------------------------
@@ -135,6 +261,7 @@ def config_to_dict(config: TrainConfig) -> Dict[str, Any]:
 def config_from_dict(cls: Type[C], data: Dict[str, Any], where: str = "config") -> C:
     """A config of class `cls` from `config_to_dict` output; unknown keys raise ValueError."""
     names = {f.name for f in dataclasses.fields(cls)}
+    data = {getattr(cls, "RENAMED", {}).get(k, k): v for k, v in data.items()}  # a run saved under older names
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}")
@@ -161,6 +288,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: Type[TrainConfig]
     """Add one flag per field of `cls`, in argument groups; flags left out do not appear in the namespace."""
     groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
     hints = _hints(cls)
+    aliases: Dict[str, list] = {}
+    for old, new in getattr(cls, "RENAMED", {}).items():  # older flag names keep working
+        aliases.setdefault(new, []).append(old)
     for f in dataclasses.fields(cls):
         hint = _unwrap_optional(hints[f.name])
         default = f.default
@@ -173,10 +303,23 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: Type[TrainConfig]
             kwargs["type"] = args[0]
             kwargs["nargs"] = "+" if Ellipsis in args else len(args)
             kwargs["metavar"] = args[0].__name__.upper()
+        elif hint is Any:
+            kwargs["type"] = _json_value
+            kwargs["metavar"] = "JSON"
         else:
             kwargs["type"] = hint
             kwargs["metavar"] = getattr(hint, "__name__", "VALUE").upper()
-        groups[f.metadata.get("group", "run")].add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        flags = ["--" + name.replace("_", "-") for name in [f.name] + aliases.get(f.name, [])]
+        groups[f.metadata.get("group", "run")].add_argument(*flags, **kwargs)
+
+
+def _json_value(text: str) -> Any:
+    """A flag value given as JSON (nested lists, null)."""
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected JSON (e.g. [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]] or null), got "
+                                         f"{text!r}") from e
 
 
 def config_from_args(cls: Type[C], args: argparse.Namespace, base: Optional[C] = None) -> C:

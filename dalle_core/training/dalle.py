@@ -1,6 +1,7 @@
 """Stage 2: train the DALLE transformer on captions and the frozen dVAE's image codes."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -8,16 +9,15 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..utils import check_float, check_int
+from ..utils import check_float
 from ..models.dalle import DALLE
-from ..models.masks import ATTN_TYPES
 from ..sampling import check_sampling_args
 from ..interop import load_dalle_pytorch_vae
 from ..models.vae import DiscreteVAE
 from .batches import Batch
 from .checkpointing import find_tokenizer, load_tokenizer, save_tokenizer
 from .common import Trainer
-from .config import TrainConfig, option
+from .config import TrainConfig, model_options, option
 from .outputs import save_image_grid
 
 __all__ = ["DALLETrainConfig", "DALLETrainer", "train_dalle", "load_vae"]
@@ -35,8 +35,10 @@ def load_vae(path: str) -> DiscreteVAE:
 
 
 @dataclass
+@model_options(DALLE, skip=("num_text_tokens", "sparse_attn", "optimize_for_inference"), defaults=dict(dim=512, depth=2))
 class DALLETrainConfig(TrainConfig):
-    """DALLE training: the transformer's size, its tokenizer and dVAE, caption dropping, sampling settings."""
+    """DALLE training: the transformer's keywords (DALLE's), its tokenizer (which sets the vocabulary) and dVAE,
+    caption dropping, sampling settings."""
 
     out: str = option("runs/dalle", "output directory: checkpoints, samples, metrics.jsonl, the final model")
     batch_size: int = option(4, "samples per process per micro-batch", "optim")
@@ -48,23 +50,6 @@ class DALLETrainConfig(TrainConfig):
                                 "model")
     tokenizer: Optional[str] = option(None, "tokenizer file (Tokenizer.load: BPE json, youtokentome model); "
                                             "default: UTF-8 bytes", "model")
-    dim: int = option(512, "model width", "model")
-    depth: int = option(2, "transformer layers", "model")
-    heads: int = option(8, "attention heads", "model")
-    dim_head: int = option(64, "size of each head", "model")
-    text_seq_len: int = option(256, "caption tokens", "model")
-    attn_types: Tuple[str, ...] = option(("full",), "attention patterns cycled over the layers (full, axial_row, "
-                                                   "axial_col, conv_like, row, col, conv)", "model")
-    reversible: bool = option(False, "reversible layers (less activation memory)", "model")
-    attn_dropout: float = option(0.0, "attention dropout", "model")
-    ff_dropout: float = option(0.0, "feed-forward dropout", "model")
-    loss_img_weight: float = option(7.0, "image loss weight against the text loss (the paper: 7)", "model")
-    stable: bool = option(False, "the CogView stabilisation tricks", "model")
-    sandwich_norm: bool = option(False, "sandwich layer norm", "model")
-    shift_tokens: bool = option(True, "token shifting", "model")
-    rotary_emb: bool = option(True, "rotary position embeddings", "model")
-    share_input_output_emb: bool = option(False, "tie the input embeddings to the output layer", "model")
-    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass", "model")
 
     sample_captions: Optional[Tuple[str, ...]] = option(None, "captions for the sample grids (default: the "
                                                               "first num_samples captions of the data)")
@@ -73,19 +58,16 @@ class DALLETrainConfig(TrainConfig):
     sample_temperature: float = option(1.0, "sampling temperature for the sample grids")
 
     def validate(self) -> None:
-        """Also refuse model sizes and sampling settings that cannot work, before any training step."""
+        """Also refuse model keywords and sampling settings that cannot work, before the dVAE is even read: the
+        DALLE's constructor checks its keywords on the meta device, over a stand-in dVAE whose code grid is just
+        wide enough for `conv_kernel_size` (what depends on the real grid is checked when the model is built)."""
         super().validate()
-        for name in ("dim", "depth", "heads", "dim_head", "text_seq_len"):
-            check_int(name, getattr(self, name), minimum=1)
         check_float("null_cond_prob", self.null_cond_prob, low=0.0, high=1.0)
-        check_float("attn_dropout", self.attn_dropout, low=0.0, high=1.0, high_open=True)
-        check_float("ff_dropout", self.ff_dropout, low=0.0, high=1.0, high_open=True)
-        check_float("loss_img_weight", self.loss_img_weight, low=0.0)
-        if not isinstance(self.attn_types, (tuple, list)) or not self.attn_types:
-            raise ValueError(f"attn_types must name at least one attention pattern, got {self.attn_types!r}")
-        unknown = [t for t in self.attn_types if t not in ATTN_TYPES]
-        if unknown:
-            raise ValueError(f"attn_types must be among {tuple(ATTN_TYPES)}, got {unknown[0]!r}")
+        kernel = self.conv_kernel_size if isinstance(self.conv_kernel_size, int) else 1
+        fmap = 2 ** max(1, math.ceil(math.log2(max(1, (kernel - 1) / 2))))
+        with torch.device("meta"):
+            stand_in = DiscreteVAE(image_size=2 * fmap, num_layers=1, num_tokens=2, codebook_dim=2, hidden_dim=2)
+        self.check_model(vae=stand_in, num_text_tokens=1)
         for name in ("vae", "tokenizer"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -114,13 +96,8 @@ class DALLETrainer(Trainer):
         self.tokenizer = load_tokenizer(str(saved) if saved else config.tokenizer)
 
     def build_model(self) -> nn.Module:
-        c = self.config
-        return DALLE(dim=c.dim, vae=load_vae(c.vae), num_text_tokens=self.tokenizer.vocab_size,
-                     text_seq_len=c.text_seq_len, depth=c.depth, heads=c.heads, dim_head=c.dim_head,
-                     reversible=c.reversible, attn_dropout=c.attn_dropout, ff_dropout=c.ff_dropout,
-                     attn_types=c.attn_types, loss_img_weight=c.loss_img_weight, stable=c.stable,
-                     sandwich_norm=c.sandwich_norm, shift_tokens=c.shift_tokens, rotary_emb=c.rotary_emb,
-                     share_input_output_emb=c.share_input_output_emb, gradient_checkpointing=c.gradient_checkpointing)
+        return DALLE(vae=load_vae(self.config.vae), num_text_tokens=self.tokenizer.vocab_size,
+                     **self.config.model_kwargs())
 
     def load_model(self, directory: Path) -> nn.Module:
         return DALLE.from_pretrained(directory)

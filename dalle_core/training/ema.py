@@ -6,20 +6,9 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
-__all__ = ["EMA", "rebuild"]
+from ..pretrained import build_like
 
-
-def rebuild(model: nn.Module) -> nn.Module:
-    """A new model of the same dalle_core class and config (fresh random weights), on `model`'s device."""
-    config = getattr(model, "config", None)
-    if not isinstance(config, dict):
-        raise TypeError(f"expected a dalle_core model with a `config` dict, got {type(model).__name__}")
-    kwargs = dict(config)
-    if hasattr(model, "vae") and isinstance(getattr(model.vae, "config", None), dict):  # a DALLE
-        kwargs["vae"] = type(model.vae)(**model.vae.config)
-    copy = type(model)(**kwargs)
-    first = next(model.parameters(), None)
-    return copy if first is None else copy.to(first.device)
+__all__ = ["EMA"]
 
 
 class EMA:
@@ -35,7 +24,7 @@ class EMA:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay = float(decay)
         self.num_updates = 0
-        self.model = rebuild(model).float().eval()
+        self.model = build_like(model).float().eval()
         self.model.load_state_dict(model.state_dict())
         self.model.requires_grad_(False)
 

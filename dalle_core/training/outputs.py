@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -14,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.images import save_image_grid, to_pil  # noqa: F401 - where the trainers and the CLI take them
+from ..files import write_text_atomic
 
 __all__ = ["MetricsLog", "truncate_metrics", "to_pil", "save_image_grid", "record_sample_ids", "weight_checksum",
            "METRICS_NAME", "SAMPLE_IDS_NAME"]
@@ -106,9 +106,7 @@ def truncate_metrics(out: Union[str, Path], step: int, name: str = METRICS_NAME)
                 kept.append(line)
         except ValueError:  # a line cut short by the crash
             continue
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 # --- debug records --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from ..utils import check_float, check_int
 from ..models.vae import DiscreteVAE, codebook_usage
 from .batches import Batch
 from .common import Trainer
-from .config import TrainConfig, option
+from .config import TrainConfig, model_options, option
 from .outputs import save_image_grid
 from .schedules import cosine_anneal, cosine_ramp
 
@@ -20,71 +20,42 @@ __all__ = ["VAETrainConfig", "VAETrainer", "train_vae"]
 
 
 @dataclass
+@model_options(DiscreteVAE, defaults=dict(image_size=128, num_tokens=8192, num_resnet_blocks=2, hidden_dim=256,
+                                          temperature=1.0),
+               groups=dict(temperature="optim", kl_div_loss_weight="optim", entropy_loss_weight="optim",
+                           diversity_gamma="optim"))
 class VAETrainConfig(TrainConfig):
-    """dVAE training: the model's size, the Gumbel-softmax temperature schedule and the code-entropy / KL weights."""
+    """dVAE training: the model's keywords (`temperature` is where the annealing starts, `kl_div_loss_weight`
+    where the KL weight's warm-up ends), the temperature schedule and the KL warm-up."""
 
     out: str = option("runs/vae", "output directory: checkpoints, samples, metrics.jsonl, the final model")
     lr: float = option(1e-3, "peak learning rate", "optim")
-
-    image_size: int = option(128, "image side in pixels (a power of 2)", "model")
-    num_tokens: int = option(8192, "codebook size", "model")
-    codebook_dim: int = option(512, "codebook vector size", "model")
-    num_layers: int = option(3, "downsamplings: the token grid is image_size / 2**num_layers a side", "model")
-    num_resnet_blocks: int = option(2, "residual blocks in the encoder and in the decoder", "model")
-    hidden_dim: int = option(256, "convolution channels", "model")
-    channels: int = option(3, "image channels: 3 (RGB) or 4 (RGBA)", "model")
-    smooth_l1_loss: bool = option(False, "smooth L1 instead of MSE reconstruction loss", "model")
-    straight_through: bool = option(False, "hard one-hot samples with straight-through gradients", "model")
-    reinmax: bool = option(False, "ReinMax gradients (with --straight-through)", "model")
-
-    temp_start: float = option(1.0, "Gumbel-softmax temperature at update 0", "optim")
     temp_end: float = option(1 / 16, "temperature after the annealing (the paper: 1/16)", "optim")
-    temp_anneal_steps: int = option(150_000, "updates of cosine annealing from temp_start to temp_end", "optim")
-    kl_weight: float = option(0.0, "KL(q || uniform) weight after its warm-up (per latent position; it flattens "
-                              "every position's posterior, so codes turn noisy: the entropy terms are the default)",
-                              "optim")
+    temp_anneal_steps: int = option(150_000, "updates of cosine annealing from temperature to temp_end", "optim")
     kl_warmup_steps: int = option(5000, "updates of cosine warm-up of the KL weight from 0", "optim")
-    entropy_loss_weight: float = option(0.001, "weight of the entropy terms: confident codes at each position, "
-                                        "spread over the codebook across the batch (DiscreteVAE's default)", "optim")
-    diversity_gamma: float = option(3.0, "how much the batch's code entropy counts against the per-position "
-                                    "entropy (DiscreteVAE's default)", "optim")
 
+    RENAMED: ClassVar[Dict[str, str]] = {"temp_start": "temperature", "kl_weight": "kl_div_loss_weight"}
     # a run saved before the entropy terms existed trained without them (read by config_from_dict on --resume);
     # the model's own record, as the field names are its keywords
     LEGACY_CONFIG: ClassVar[Dict[str, Any]] = DiscreteVAE.LEGACY_CONFIG
 
     def validate(self) -> None:
-        """Also refuse model sizes and schedule values that cannot train (before any model is built)."""
+        """Also refuse model options and schedule values that cannot train (before any model is built)."""
         super().validate()
-        size = check_int("image_size", self.image_size, minimum=2)
-        if size & (size - 1):
-            raise ValueError(f"image_size must be a power of 2, got {size}")
-        for name in ("num_tokens", "codebook_dim", "num_layers", "hidden_dim"):
-            check_int(name, getattr(self, name), minimum=1)
-        check_int("num_resnet_blocks", self.num_resnet_blocks, minimum=0)
-        if 2 ** self.num_layers > size:
-            raise ValueError(f"num_layers {self.num_layers} halves image_size {size} below one pixel: need "
-                             f"2**num_layers <= image_size")
-        if self.channels not in (3, 4) or isinstance(self.channels, bool):
+        if self.channels not in (3, 4):
             raise ValueError(f"channels must be 3 (RGB) or 4 (RGBA), got {self.channels!r}")
-        check_float("temp_start", self.temp_start, low=0.0, low_open=True)
         check_float("temp_end", self.temp_end, low=0.0, low_open=True)
-        check_float("kl_weight", self.kl_weight, low=0.0)
-        check_float("entropy_loss_weight", self.entropy_loss_weight, low=0.0)
-        check_float("diversity_gamma", self.diversity_gamma, low=0.0)
         check_int("temp_anneal_steps", self.temp_anneal_steps, minimum=0)
         check_int("kl_warmup_steps", self.kl_warmup_steps, minimum=0)
-        for name in ("smooth_l1_loss", "straight_through", "reinmax"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        self.check_model()
 
-    def temperature(self, step: int) -> float:
+    def temperature_at(self, step: int) -> float:
         """Gumbel-softmax temperature of update `step`."""
-        return cosine_anneal(step, self.temp_start, self.temp_end, self.temp_anneal_steps)
+        return cosine_anneal(step, self.temperature, self.temp_end, self.temp_anneal_steps)
 
     def kl_weight_at(self, step: int) -> float:
         """KL weight of update `step`."""
-        return cosine_ramp(step, self.kl_weight, self.kl_warmup_steps)
+        return cosine_ramp(step, self.kl_div_loss_weight, self.kl_warmup_steps)
 
 
 class VAETrainer(Trainer):
@@ -94,12 +65,7 @@ class VAETrainer(Trainer):
     kind = "vae"
 
     def build_model(self) -> nn.Module:
-        c = self.config
-        return DiscreteVAE(image_size=c.image_size, num_tokens=c.num_tokens, codebook_dim=c.codebook_dim,
-                           num_layers=c.num_layers, num_resnet_blocks=c.num_resnet_blocks, hidden_dim=c.hidden_dim,
-                           channels=c.channels, smooth_l1_loss=c.smooth_l1_loss, temperature=c.temp_start,
-                           straight_through=c.straight_through, reinmax=c.reinmax, kl_div_loss_weight=c.kl_weight,
-                           entropy_loss_weight=c.entropy_loss_weight, diversity_gamma=c.diversity_gamma)
+        return DiscreteVAE(**self.config.model_kwargs())
 
     def load_model(self, directory: Path) -> nn.Module:
         return DiscreteVAE.from_pretrained(directory)
@@ -110,7 +76,7 @@ class VAETrainer(Trainer):
                     truncate_captions=True, require_captions=False)
 
     def compute_loss(self, model: nn.Module, batch: Batch, step: int) -> Tuple[Tensor, Dict[str, float]]:
-        temp, kl_weight = self.config.temperature(step), self.config.kl_weight_at(step)
+        temp, kl_weight = self.config.temperature_at(step), self.config.kl_weight_at(step)
         self.unwrapped.kl_div_loss_weight = kl_weight  # read by forward; the saved config keeps the target
         loss = model(batch.images, return_loss=True, temp=temp)
         return loss, {"temperature": temp, "kl_weight": kl_weight}

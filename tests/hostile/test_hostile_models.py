@@ -18,7 +18,8 @@ import dalle_core.models.transformer as transformer_module
 from dalle_core import CLIP, DALLE, DiscreteVAE
 from dalle_core.sampling import gumbel_sample, sample_logits, top_k, top_p
 from dalle_core.tokenizers import ByteTokenizer
-from dalle_core.models.transformer import MAX_BUFFER_BYTES, Transformer, buffer_bytes
+from dalle_core.models.transformer import Transformer, buffer_bytes
+from dalle_core.utils import MAX_BUFFER_BYTES
 
 TEXT_LEN, VOCAB, NUM_CODES = 6, 20, 16
 ATTN = {"full": ("full",), "axial_row": ("axial_row",), "axial_col": ("axial_col",),

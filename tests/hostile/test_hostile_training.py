@@ -1,4 +1,4 @@
-"""Hostile inputs to the trainers and the `dalle-core` command: 46 cases.
+"""Hostile inputs to the trainers and the `dalle-core` command: 47 cases.
 
 Commands from run folders (3): a `pipe:` shard source read from a saved train_config.json on --resume is
 refused with a one-line message and never runs (its marker file is not created), the Python dataset builder
@@ -117,9 +117,10 @@ REFUSED = [
     ("train-vae", ["--ema-decay", "nan"], "ema_decay"),
     ("train-vae", ["--betas", "nan", "0.9"], "betas[0]"),
     ("train-vae", ["--resize-ratio", "inf"], "resize_ratio"),
-    ("train-vae", ["--temp-start", "inf"], "temp_start"),
+    ("train-vae", ["--temperature", "inf"], "temperature"),
+    ("train-vae", ["--temp-start", "inf"], "temperature"),  # the older name of the flag
     ("train-vae", ["--temp-end", "0"], "temp_end"),
-    ("train-vae", ["--kl-weight", "nan"], "kl_weight"),
+    ("train-vae", ["--kl-div-loss-weight", "nan"], "kl_div_loss_weight"),
     ("train-vae", ["--entropy-loss-weight", "-1"], "entropy_loss_weight"),
     ("train-vae", ["--diversity-gamma", "inf"], "diversity_gamma"),
     ("train-vae", ["--num-tokens", "0"], "num_tokens"),
