@@ -199,8 +199,8 @@ class TrainConfig:
 
     def model_fields(self) -> Dict[str, Any]:
         """The fields in the model group, by name (JSON-ready: tuples as lists)."""
-        return {f.name: config_to_dict(self)[f.name] for f in dataclasses.fields(self)
-                if f.metadata.get("group") == MODEL_GROUP}
+        data = config_to_dict(self)
+        return {f.name: data[f.name] for f in dataclasses.fields(self) if f.metadata.get("group") == MODEL_GROUP}
 
     def model_kwargs(self) -> Dict[str, Any]:
         """The model constructor's keywords this config sets (see `model_options`)."""
