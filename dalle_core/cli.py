@@ -25,35 +25,52 @@ TRAINERS = {
 }
 
 
+DEMO_HELP = "train dVAE, DALLE and CLIP on the built-in shapes data and score them"
+
+
 def _trainer_class(command: str) -> type:
     from . import training  # imported when needed: `generate` and --help do not pay for accelerate
 
     return getattr(training, TRAINERS[command][0])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `dalle-core`, subcommands included."""
+def _command_in(argv: Sequence[str]) -> Optional[str]:
+    """The subcommand `argv` names (its first word that is one), or None."""
+    names = {*TRAINERS, "demo", "generate"}
+    return next((a for a in argv if a in names), None)
+
+
+def _add_train_arguments(p: argparse.ArgumentParser, command: str) -> None:
+    """--resume and the flags of the trainer's config dataclass."""
     from .training.config import add_config_arguments
 
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (its saved flags are the "
+                        "defaults; flags given here replace them, except the model's; a 'pipe:' --shards "
+                        "value is never taken from the saved flags: give --shards again). A run already past "
+                        "--steps is an error (exit 1); one exactly at --steps says so and exits 0")
+    add_config_arguments(p, _trainer_class(command).config_class)
+    p.set_defaults(run=_train)
+
+
+def build_parser(command: Optional[str] = "all") -> argparse.ArgumentParser:
+    """The argument parser of `dalle-core`. Every subcommand is listed; the flags of the trainers and of the
+    demo are added for `command` only (all of them by default), so that `generate` and a bare `--help`
+    import neither `dalle_core.training` nor Accelerate."""
     parser = argparse.ArgumentParser(prog="dalle-core", description="Train DALL-E models and generate images.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in TRAINERS.items():
         p = sub.add_parser(name, help=help_text, description=f"{help_text[0].upper()}{help_text[1:]}. Data: "
                            "--folder DIR or --shards PATTERN. Run it under `accelerate launch` for several GPUs.")
-        p.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its latest checkpoint (its saved flags are the "
-                            "defaults; flags given here replace them, except the model's; a 'pipe:' --shards "
-                            "value is never taken from the saved flags: give --shards again). A run already past "
-                            "--steps is an error (exit 1); one exactly at --steps says so and exits 0")
-        add_config_arguments(p, _trainer_class(name).config_class)
-        p.set_defaults(run=_train)
+        if command in (name, "all"):
+            _add_train_arguments(p, name)
 
-    from .demo import runner as demo
+    d = sub.add_parser("demo", help=DEMO_HELP, description=f"{DEMO_HELP[0].upper()}{DEMO_HELP[1:]}.")
+    if command in ("demo", "all"):
+        from .demo import runner as demo
 
-    d = sub.add_parser("demo", help="train dVAE, DALLE and CLIP on the built-in shapes data and score them",
-                       description=demo.__doc__.split("\n")[0])
-    demo.add_arguments(d)
-    d.set_defaults(run=lambda args: _demo(d, args))
+        demo.add_arguments(d)
+        d.set_defaults(run=lambda args: _demo(d, args))
 
     g = sub.add_parser("generate", help="generate images from captions with a trained DALLE",
                        description="Generate images for each prompt; writes one folder of PNGs and a grid per prompt.")
@@ -98,7 +115,7 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"{saved} names shards that run a command ({base.shards!r}); a saved run config never "
                          "runs commands: pass --shards again on the command line to resume")
     config = config_from_args(config_class, args, base)
-    trainer = trainer_class(config, resume=args.resume, allow_pipe=given_shards)
+    trainer = trainer_class(config, resume=args.resume, allow_pipe=given_shards, callbacks=args.callbacks)
     trainer.train()
     trainer.accelerator.end_training()
     return 0
@@ -146,13 +163,11 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
+    from .data.images import load_image, save_image_grid, to_pil
     from .models.clip import CLIP
     from .models.dalle import DALLE
-    from .data import load_image
-    from .training.checkpointing import find_tokenizer, load_tokenizer
-    from .training.outputs import save_image_grid, to_pil
-
-    from .sampling import check_sampling_args
+    from .sampling import DEFAULT_FILTER_THRES, check_sampling_args
+    from .tokenizers import find_tokenizer, load_tokenizer
 
     for name in ("num_images", "batch_size"):
         if getattr(args, name) < 1:
@@ -186,7 +201,7 @@ def _generate(args: argparse.Namespace) -> int:
         primer = load_image(args.img, dalle.vae.image_size, resize_ratio=1.0,
                             transparent=dalle.vae.channels == 4)[None].to(device)  # (1, C, H, W)
     generator = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
-    filter_thres = args.filter_thres if args.filter_thres is not None else (None if args.top_p is not None else 0.9)
+    filter_thres = args.filter_thres if args.filter_thres is not None else (None if args.top_p is not None else DEFAULT_FILTER_THRES)
 
     args.out.mkdir(parents=True, exist_ok=True)
     for i, prompt in enumerate(prompts):
@@ -239,9 +254,14 @@ def _describe(err: BaseException) -> str:
     return " ".join(text.split())
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run `dalle-core` with `argv` (default: sys.argv[1:]); returns the exit status (1 for a user error)."""
-    args = build_parser().parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None, *, callbacks: Sequence[Any] = ()) -> int:
+    """Run `dalle-core` with `argv` (default: sys.argv[1:]); returns the exit status (1 for a user error).
+
+    `callbacks` (`dalle_core.training.Callback` instances) are given to the trainer of a `train-*` command.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command_in(argv)).parse_args(argv)
+    args.callbacks = list(callbacks)
     from .errors import NonFiniteError
 
     try:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import os
 import random
 import warnings
 from os import PathLike

@@ -1,11 +1,15 @@
 """Functional sampling: top-k, top-p, Gumbel sampling and classifier-free guidance.
 
-Every sampler in dalle_core (image generation, text generation, the CLI) calls these; they are pure
-functions of tensors, with an optional `torch.Generator` for reproducible draws.
+Every sampler in dalle_core (image generation, text generation, the CLI, the trainers' sample grids) calls
+these; they are pure functions of tensors, with an optional `torch.Generator` for reproducible draws.
+
+`filter_thres` is the top-k setting everywhere: keep the top `1 - filter_thres` of the vocabulary being
+sampled (for images, the image vocabulary only). Its one default, `DEFAULT_FILTER_THRES = 0.9`, keeps the
+10% most likely codes, DALLE-pytorch's generate.py default (its Python functions default to 0.5).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -13,15 +17,21 @@ from torch import Tensor
 from .utils import check_float, check_int
 
 __all__ = [
+    "DEFAULT_FILTER_THRES",
     "top_k",
     "top_k_count",
     "top_p",
     "gumbel_noise",
     "gumbel_sample",
     "classifier_free_guidance",
+    "with_null_condition",
+    "guided_logits",
     "sample_logits",
     "check_sampling_args",
 ]
+
+
+DEFAULT_FILTER_THRES = 0.9
 
 
 def check_sampling_args(*, temperature: float = 1.0, filter_thres: Optional[float] = None,
@@ -53,7 +63,7 @@ def _top_k(logits: Tensor, thres: float) -> Tensor:
     return _keep_mask_fill(logits, logits >= kth)
 
 
-def top_k(logits: Tensor, thres: float = 0.5) -> Tensor:
+def top_k(logits: Tensor, thres: float = DEFAULT_FILTER_THRES) -> Tensor:
     """DALLE-pytorch's top-k: keep the top (1 - thres) fraction of the logits given (at least one)."""
     return _top_k(logits, check_float("thres", thres, low=0, high=1))
 
@@ -100,6 +110,20 @@ def classifier_free_guidance(cond_logits: Tensor, null_logits: Tensor, scale: fl
     return null_logits + (cond_logits - null_logits) * scale
 
 
+def with_null_condition(text: Tensor, *others: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+    """The conditional and the unconditional branch of classifier-free guidance as one batch of 2B:
+    `[text ; empty captions]` (all padding, id 0), and each of `others` (images, codes; None stays None)
+    repeated. `guided_logits` turns the logits of such a batch into the guided ones."""
+    doubled = tuple(None if t is None else torch.cat((t, t)) for t in others)
+    return (torch.cat((text, torch.zeros_like(text))), *doubled)
+
+
+def guided_logits(logits: Tensor, scale: float) -> Tensor:
+    """`classifier_free_guidance` of a batch built by `with_null_condition`: (2B, ...) -> (B, ...)."""
+    cond, null = logits.chunk(2)
+    return classifier_free_guidance(cond, null, scale)
+
+
 def _sample_logits(logits: Tensor, filter_thres: Optional[float], top_p_value: Optional[float], temperature: float,
                    generator: Optional[torch.Generator]) -> Tensor:
     """`sample_logits` on settings already checked (by `check_sampling_args`): the per-token path of the
@@ -120,7 +144,7 @@ def _sample_logits(logits: Tensor, filter_thres: Optional[float], top_p_value: O
 def sample_logits(
     logits: Tensor,
     *,
-    filter_thres: Optional[float] = 0.5,
+    filter_thres: Optional[float] = DEFAULT_FILTER_THRES,
     top_p_value: Optional[float] = None,
     temperature: float = 1.0,
     generator: Optional[torch.Generator] = None,

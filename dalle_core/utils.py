@@ -1,7 +1,8 @@
-"""Small helpers shared by every module: existence checks, eval-mode decorator, input validation."""
+"""Small helpers shared by every module: defaults, eval-mode decorator, optional imports, input validation."""
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from collections.abc import Iterable
 from typing import Any, Callable, Optional, TypeVar
@@ -10,11 +11,6 @@ import torch
 from torch import Tensor
 
 T = TypeVar("T")
-
-
-def exists(val: Any) -> bool:
-    """True when `val` is not None."""
-    return val is not None
 
 
 def default(val: Optional[T], d: T) -> T:
@@ -42,6 +38,15 @@ def eval_decorator(fn: Callable) -> Callable:
             model.train(was_training)
 
     return inner
+
+
+def optional_import(module: str, needed_by: str, install: str, package: Optional[str] = None) -> Any:
+    """Import an optional dependency, or raise an ImportError naming what needs it and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{needed_by} needs {package or module}, which is not installed. Install it with: "
+                          f"{install}") from err
 
 
 def set_requires_grad(module: torch.nn.Module, value: bool) -> None:

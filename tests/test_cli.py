@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from dalle_core.cli import main
-from test_training import TINY_CLIP, TINY_DALLE, TINY_VAE, cli_env, flags, losses, make_folder, metrics
-from test_training import one_thread  # noqa: F401  (its autouse fixture: one thread in this module too)
+from helpers import TINY_CLIP, TINY_DALLE, TINY_VAE, cli_env, flags, losses, make_folder, metrics
+from helpers import one_thread  # noqa: F401  (its autouse fixture: one thread in this module too)
 
 QUIET = dict(warmup_steps=0, log_every=1, sample_every=0)
 

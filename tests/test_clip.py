@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import committed_cases, load_case
+from helpers import committed_cases, load_case
 from dalle_core.models.clip import CLIP, RerankResult
 from dalle_core.interop import load_dalle_pytorch_clip
 

@@ -7,46 +7,9 @@ from typing import List
 import pytest
 import torch
 
-import dalle_core.models.dalle as dalle_module
-from dalle_core import DALLE, DiscreteVAE, KVCache
-
-TEXT_LEN, VOCAB = 6, 40
-ATTN_CASES = {
-    "full": ("full",),
-    "axial_row": ("axial_row",),
-    "axial_col": ("axial_col",),
-    "conv_like": ("conv_like",),
-    "row": ("row",),
-    "col": ("col",),
-    "conv": ("conv",),
-    "mix": ("full", "axial_row", "axial_col", "conv_like"),
-}
-
-
-def make_vae(**kwargs) -> DiscreteVAE:
-    return DiscreteVAE(image_size=16, num_layers=2, num_tokens=32, codebook_dim=16, hidden_dim=8, **kwargs)
-
-
-def make_dalle(attn_types=("full",), depth=4, **kwargs) -> DALLE:
-    torch.manual_seed(1)
-    dalle = DALLE(dim=32, vae=make_vae(), num_text_tokens=VOCAB, text_seq_len=TEXT_LEN, depth=depth, heads=2,
-                  dim_head=16, attn_types=attn_types, **kwargs)
-    with torch.no_grad():  # LayerScale starts at 0.1: widen it so every layer shapes the output
-        for block in dalle.transformer.layers:
-            block.attn_scale.uniform_(0.5, 1.0)
-            block.ff_scale.uniform_(0.5, 1.0)
-    return dalle.eval()
-
-
-def captions(batch: int = 2) -> torch.Tensor:
-    text = torch.randint(1, VOCAB, (batch, TEXT_LEN), generator=torch.Generator().manual_seed(5))
-    text[0, 3:] = 0
-    return text
-
-
-def codes_for(batch: int = 2) -> torch.Tensor:
-    return torch.randint(0, 32, (batch, 16), generator=torch.Generator().manual_seed(6))
-
+import dalle_core.models.dalle_sampling as dalle_module
+from dalle_core import DALLE, KVCache
+from helpers import ATTN_CASES, TEXT_LEN, VOCAB, captions, codes_for, make_dalle, make_vae
 
 # --- the key/value cache ---------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_dalle import ATTN_CASES, TEXT_LEN, captions, codes_for, make_dalle
+from helpers import ATTN_CASES, TEXT_LEN, captions, codes_for, make_dalle
 
 VARIANTS = {
     "rotary_shift": {},
@@ -18,15 +18,19 @@ VARIANTS = {
 }
 
 
-def _step_logits(dalle, text, codes, step) -> torch.Tensor:
-    """Image logits of positions text_len .. end from the prefill plus one `step` call per image code."""
+def _step_logits(dalle, text, codes, compiled: bool = False) -> torch.Tensor:
+    """Image logits of every image position from `prefill` plus one `decode_step` per image code (or the
+    compiled step, which leaves advancing the cache to its caller)."""
     cache = dalle.make_cache(text.shape[0])
-    hidden, _ = dalle._hidden(dalle._text_ids(dalle._check_text(text)), codes[:, :0], cache)
-    out = [dalle._logits(hidden[:, -1], "image")]
+    out = [dalle.prefill(text, None, cache)]
     where = torch.zeros(1, dtype=torch.long)
     for j in range(codes.shape[1] - 1):
-        out.append(step(codes[:, j], where.fill_(dalle.text_seq_len + 1 + j), cache))
-        cache.advance(1)
+        where.fill_(dalle.text_seq_len + 1 + j)
+        if compiled:
+            out.append(dalle.compiled_image_step()(codes[:, j], where, cache))
+            cache.advance(1)
+        else:
+            out.append(dalle.decode_step(codes[:, j], where, cache))
     return torch.stack(out, dim=1)  # (B, image_seq_len, num_image_tokens)
 
 
@@ -39,7 +43,7 @@ def test_static_step_equals_full_forward_for_every_attention_type(name):
     dalle = make_dalle(ATTN_CASES[name])
     text, codes = captions(), codes_for()
     with torch.inference_mode():
-        torch.testing.assert_close(_step_logits(dalle, text, codes, dalle._image_step),
+        torch.testing.assert_close(_step_logits(dalle, text, codes),
                                    _full_image_logits(dalle, text, codes), atol=1e-5, rtol=0)
 
 
@@ -49,7 +53,7 @@ def test_static_step_equals_full_forward_for_every_model_variant(variant):
     dalle = make_dalle(kwargs.pop("attn_types", ATTN_CASES["mix"]), **kwargs)
     text, codes = captions(), codes_for()
     with torch.inference_mode():
-        torch.testing.assert_close(_step_logits(dalle, text, codes, dalle._image_step),
+        torch.testing.assert_close(_step_logits(dalle, text, codes),
                                    _full_image_logits(dalle, text, codes), atol=1e-5, rtol=0)
 
 
@@ -64,6 +68,19 @@ def test_generation_with_prepacked_weights_equals_plain_linear_layers(monkeypatc
     assert torch.equal(packed, plain)
 
 
+def test_prefill_with_codes_then_steps_equals_the_full_forward_and_checks_positions():
+    dalle = make_dalle(ATTN_CASES["mix"], depth=2)
+    text, codes = captions(), codes_for()
+    full = _full_image_logits(dalle, text, codes)
+    cache = dalle.make_cache(2)
+    torch.testing.assert_close(dalle.prefill(text, codes[:, :5], cache), full[:, 5], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="next one the cache lacks"):
+        dalle.decode_step(codes[:, 5], TEXT_LEN + 1, cache)  # position of code 0, but the cache holds codes 0-4
+    torch.testing.assert_close(dalle.decode_step(codes[:, 5], TEXT_LEN + 6, cache), full[:, 6], atol=1e-5, rtol=0)
+    with pytest.raises(TypeError, match="KVCache"):
+        dalle.decode_step(codes[:, 6], TEXT_LEN + 7, {})
+
+
 def test_compile_needs_the_cache():
     with pytest.raises(ValueError, match="use_cache=True"):
         make_dalle(depth=1).generate_image_codes(captions(), compile=True)
@@ -75,8 +92,8 @@ def test_compiled_step_equals_eager_and_compiles_once():
     dalle = make_dalle(ATTN_CASES["mix"], depth=2)
     text, codes = captions(), codes_for()
     with torch.inference_mode():
-        eager = _step_logits(dalle, text, codes, dalle._image_step)
-        compiled = _step_logits(dalle, text, codes, dalle.compiled_image_step())
+        eager = _step_logits(dalle, text, codes)
+        compiled = _step_logits(dalle, text, codes, compiled=True)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
 
     graphs = torch._dynamo.utils.counters["stats"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import committed_cases, load_case
+from helpers import committed_cases, load_case
 from dalle_core import DALLE, DiscreteVAE
 from dalle_core.interop import convert_dalle_state_dict, load_dalle_pytorch
 

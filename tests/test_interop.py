@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import committed_cases, load_case
+from helpers import committed_cases, load_case
 from dalle_core import DALLE, CheckpointError, DiscreteVAE
 from dalle_core.interop import convert_dalle_state_dict, load_dalle_pytorch, load_dalle_pytorch_vae
 

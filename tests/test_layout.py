@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import re
 from pathlib import Path
 from typing import Dict, List, Set
 
@@ -83,6 +84,32 @@ def test_no_module_imports_another_modules_private_names():
     assert not offenders, offenders
 
 
+def test_no_module_sets_private_attributes_of_objects_it_does_not_own():
+    """`obj._x = ...` only on `self` (and `cls`) when another module's class keeps `self._x`: that state is its
+    own business (a module may tag objects with attributes only it reads, like shards.py's TarFile note)."""
+    owned = {m: set(re.findall(r"self\.(_[a-z]\w*)", p.read_text())) for m, p in MODULES.items()}
+    offenders = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, (ast.AugAssign, ast.AnnAssign)) else []
+            for target in targets:
+                for t in ast.walk(target):
+                    if (isinstance(t, ast.Attribute) and t.attr.startswith("_") and not t.attr.startswith("__")
+                            and not (isinstance(t.value, ast.Name) and t.value.id in ("self", "cls"))
+                            and any(t.attr in attrs for other, attrs in owned.items() if other != module)):
+                        offenders.append(f"{module}:{t.lineno} .{t.attr}")
+    assert not offenders, offenders
+
+
+TEST_HOOKS = ("DALLE_CORE_TEST", "crash_point", "debug_record")
+
+
+def test_the_library_holds_no_test_hooks():
+    found = [f"{m}: {hook}" for m, p in MODULES.items() for hook in TEST_HOOKS if hook in p.read_text()]
+    assert found == [f"dalle_core.training.config: debug_record"], found  # only its name, ignored in old runs
+
+
 # --- one config per model ------------------------------------------------------------------------------------
 
 TRAINERS = [(DiscreteVAE, VAETrainConfig, set()), (DALLE, DALLETrainConfig,
@@ -158,3 +185,36 @@ def test_models_are_registered_and_module_arguments_rebuild_generically():
     copy = build_like(dalle)
     assert type(copy) is DALLE and copy.config == dalle.config and copy.vae.config == vae.config
     assert copy.vae is not vae
+
+
+# --- what the command line imports -------------------------------------------------------------------------------
+
+IMPORT_PROBE = """
+import json, sys
+from dalle_core.cli import main
+try:
+    main(["--help"])
+except SystemExit:
+    pass
+after_help = sorted(m for m in sys.modules if m.split(".")[0] == "accelerate" or m.startswith("dalle_core.training"))
+code = main(sys.argv[1:])
+after_generate = sorted(m for m in sys.modules if m.split(".")[0] == "accelerate" or m.startswith("dalle_core.training"))
+print(json.dumps({"code": code, "help": after_help, "generate": after_generate}))
+"""
+
+
+def test_generate_and_help_import_neither_accelerate_nor_the_trainers(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import cli_env, make_vae
+
+    dalle = DALLE(dim=32, vae=make_vae(), num_text_tokens=257, text_seq_len=8, depth=1, heads=2, dim_head=16)
+    dalle.save_pretrained(tmp_path / "dalle")  # 257: the default byte tokenizer's vocabulary
+    done = subprocess.run([sys.executable, "-c", IMPORT_PROBE, "generate", "a prompt", "--checkpoint",
+                           str(tmp_path / "dalle"), "--num-images", "1", "--out", str(tmp_path / "out")],
+                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0 and list((tmp_path / "out").glob("*/000.png"))
+    assert report["help"] == [] and report["generate"] == []

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -19,76 +18,9 @@ from dalle_core.data import write_shards
 from dalle_core.training import (CLIPTrainConfig, DALLETrainConfig, EMA, VAETrainConfig, cosine_anneal, cosine_ramp,
                                  train_clip, train_dalle, train_vae, warmup_cosine)
 from dalle_core.training.checkpointing import list_checkpoints
+from helpers import (COLOURS, QUIET, TINY_CLIP, TINY_DALLE, TINY_VAE, Stop, StopAt, cli_env, flags, helper_command, losses,
+                     make_folder, metrics, one_thread, run_cli, same_weights)  # noqa: F401  (one_thread: autouse)
 
-REPO = Path(__file__).resolve().parents[1]
-COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 60, 230)}
-SIDES = {"left": (0, 0, 8, 16), "right": (8, 0, 16, 16), "top": (0, 0, 16, 8), "bottom": (0, 8, 16, 16)}
-
-# tiny models: each trains a step in milliseconds on one CPU thread
-TINY_VAE = dict(image_size=16, num_tokens=32, codebook_dim=16, num_layers=2, num_resnet_blocks=0, hidden_dim=16)
-TINY_DALLE = dict(dim=32, depth=2, heads=2, dim_head=16, text_seq_len=16)
-TINY_CLIP = dict(dim_text=32, dim_image=32, dim_latent=32, text_enc_depth=1, visual_enc_depth=1, text_heads=2,
-                 visual_heads=2, text_seq_len=16, visual_image_size=16, visual_patch_size=4)
-QUIET = dict(warmup_steps=0, log_every=1, sample_every=0, save_every=1000)
-
-
-def make_folder(root: Path) -> Path:
-    """12 captioned 16x16 pictures: a coloured half on grey, captioned '<colour> <side>'."""
-    root.mkdir(parents=True, exist_ok=True)
-    for i, (colour, side) in enumerate((c, s) for c in COLOURS for s in SIDES):
-        img = Image.new("RGB", (16, 16), (235, 235, 235))
-        img.paste(COLOURS[colour], SIDES[side])
-        img.save(root / f"{i:03d}.png")
-        (root / f"{i:03d}.txt").write_text(f"{colour} {side}\n")
-    return root
-
-
-def flags(**options) -> List[str]:
-    """CLI flags from keyword options (True -> --flag, tuples -> several values)."""
-    out: List[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            out.append(flag)
-        elif isinstance(value, (tuple, list)):
-            out += [flag, *map(str, value)]
-        else:
-            out += [flag, str(value)]
-    return out
-
-
-def metrics(out: Path) -> List[Dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def losses(out: Path) -> List[float]:
-    return [row["loss"] for row in metrics(out) if "loss" in row]
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def cli_env() -> Dict[str, str]:
-    """Environment for training subprocesses: one thread (deterministic, no contention), this checkout first."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    return env
-
-
-def run_cli(args: List[str], env_extra: Dict[str, str] = None) -> subprocess.CompletedProcess:
-    env = {**cli_env(), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "dalle_core", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # tiny models run fastest on one thread; module scope covers the module's fixtures too
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +255,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 def test_run_killed_after_an_update_resumes_to_the_same_weights(tmp_path, folder, uninterrupted):
     out = tmp_path / "killed"
     args = ["train-vae", *flags(folder=folder, out=out, **RESUME_FLAGS)]
-    killed = run_cli(args, {"DALLE_CORE_TEST_CRASH": "step:5"})  # SIGKILL after update 5, before any save
+    killed = run_cli(args, kill_at="update:5")  # SIGKILL after update 5, before any save
     assert killed.returncode == -9
     assert [p.name for p in list_checkpoints(out)] == ["step-00000002", "step-00000004"]
     resumed = run_cli(args + ["--resume"])
@@ -336,7 +268,7 @@ def test_run_killed_after_an_update_resumes_to_the_same_weights(tmp_path, folder
 def test_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path, folder, uninterrupted):
     out = tmp_path / "crashed"
     args = ["train-vae", *flags(folder=folder, out=out, **RESUME_FLAGS)]
-    killed = run_cli(args, {"DALLE_CORE_TEST_CRASH": "checkpoint:4"})  # after model/ and ema/, before the state
+    killed = run_cli(args, kill_at="checkpoint:4")  # after model/ and ema/, before the state
     assert killed.returncode == -9
     assert [p.name for p in list_checkpoints(out)] == ["step-00000002"]
     assert list((out / "checkpoints").glob(".step-00000004.tmp-*"))  # the half-written one, never picked
@@ -349,26 +281,14 @@ def test_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_p
     assert_same_run(uninterrupted, out)
 
 
-class Stop(Exception):
-    """Stands in for a crash in process."""
-
-
-def test_shard_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, folder, monkeypatch):
-    import dalle_core.training.common as common
-
+def test_shard_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, folder):
     shards = write_shards(folder, tmp_path / "shards", samples_per_shard=4)
     options = dict(shards=str(shards[0].parent), shuffle_buffer=5, steps=11, batch_size=2, lr=3e-3,
                    keep_checkpoints=5, ema_decay=0.9, **{**QUIET, "save_every": 2}, **TINY_VAE)
     whole = train_vae(VAETrainConfig(out=str(tmp_path / "whole"), **options))
 
-    def crash(where: str, step: int) -> None:
-        if (where, step) == ("step", 9):
-            raise Stop
-
-    monkeypatch.setattr(common, "crash_point", crash)
     with pytest.raises(Stop):  # after update 9: the last checkpoint is update 8, in the middle of epoch 1
-        train_vae(VAETrainConfig(out=str(tmp_path / "stopped"), **options))
-    monkeypatch.undo()
+        train_vae(VAETrainConfig(out=str(tmp_path / "stopped"), **options), callbacks=[StopAt(9)])
     resumed = train_vae(VAETrainConfig(out=str(tmp_path / "stopped"), **options), resume=True)
     assert same_weights(whole, resumed)
     assert losses(tmp_path / "whole") == losses(tmp_path / "stopped")
@@ -384,10 +304,12 @@ def free_port() -> int:
 
 
 def launch_two(args: List[str]) -> subprocess.CompletedProcess:
+    """`dalle-core ARGS --cpu` in two processes, each recording the samples it reads (`SampleRecorder`)."""
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(free_port()), "-m", "dalle_core"]
-    return subprocess.run(launcher + args + ["--cpu"], env=cli_env(), capture_output=True, text=True, timeout=300)
+                "--main_process_port", str(free_port())]
+    command = launcher + helper_command(args + ["--cpu"], record_samples=True)
+    return subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
 
 
 def read_ids(out: Path) -> List[Dict]:
@@ -397,7 +319,7 @@ def read_ids(out: Path) -> List[Dict]:
 @pytest.mark.slow
 def test_two_processes_share_the_weights_split_the_data_and_write_one_checkpoint(tmp_path, folder):
     out = tmp_path / "ddp"
-    done = launch_two(["train-vae", *flags(folder=folder, out=out, steps=4, batch_size=2, debug_record=True,
+    done = launch_two(["train-vae", *flags(folder=folder, out=out, steps=4, batch_size=2,
                                            ema_decay=0.9, **{**QUIET, "save_every": 4}, **TINY_VAE)])
     assert done.returncode == 0, done.stderr
     end = [row for row in metrics(out) if row.get("event") == "end"]
@@ -418,7 +340,7 @@ def test_two_processes_read_disjoint_shards_without_double_sharding(tmp_path, fo
     out = tmp_path / "ddp_shards"
     # CLIP: its 16-token captions tell the 12 samples apart (the dVAE trainer reads a single caption token)
     done = launch_two(["train-clip", *flags(shards=shards[0].parent, out=out, steps=3, batch_size=2,
-                                            shuffle_buffer=0, debug_record=True, **QUIET, **TINY_CLIP)])
+                                            shuffle_buffer=0, **QUIET, **TINY_CLIP)])
     assert done.returncode == 0, done.stderr
     rows = read_ids(out)
     assert len(rows) == 3

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import committed_cases, load_case
+from helpers import committed_cases, load_case
 from dalle_core.interop import vae_from_reference_config
 from dalle_core.models.vae import CodebookUsage, DiscreteVAE, codebook_usage
 

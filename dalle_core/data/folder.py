@@ -213,6 +213,14 @@ class TextImageDataset(Dataset, SkipLog):
             return None
         return tokens, image
 
+    def reseed(self, seed: int) -> None:
+        """Draw the random choices of the items read next in this process (caption line, crop) from a generator
+        seeded with `seed`: the trainers call it before each item so that its draws depend on (seed, epoch,
+        index) alone, whatever process or worker reads it."""
+        info = get_worker_info()
+        self._gen = generator(seed)
+        self._gen_owner = None if info is None else (info.id, info.seed)
+
     def _generator(self) -> torch.Generator:
         """This process's generator: seeded from `seed` here, reseeded once per DataLoader worker (and epoch)."""
         info = get_worker_info()

@@ -13,7 +13,7 @@ floats, in [0, 1] as everywhere in dalle_core (used as given, with no normalisat
 """
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F

@@ -1,5 +1,8 @@
 """DALLE: a decoder-only transformer over [<bos> text ; image codes] with DALLE-pytorch's API.
 
+This module holds the network and the loss; generation (`generate_images`, `generate_texts`, the decoding
+step) is `DALLESampling`, in `dalle_sampling.py`.
+
 Differences from DALLE-pytorch 1.6.6 (each covered by a test): the caller's tensors are never mutated;
 classifier-free guidance runs both branches in one batch at every step; the key/value cache is used
 whenever asked (also at cond_scale 1); top-k filters the image vocabulary only; generate_texts runs on any
@@ -7,22 +10,22 @@ device with any dalle_core tokenizer; images come out of the dVAE in [0, 1].
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from axial_positional_embedding import AxialPositionalEmbedding
 from torch import Tensor, nn
 
-from ..utils import (autocast_dtype, cast_tuple, check_float, check_images, check_int, check_real_batch,
-                     check_same_batch, check_token_ids, default, eval_decorator, set_requires_grad)
-from .cache import KVCache
-from ..pretrained import PretrainedMixin
-from ..ops.linear import pack_weight, packed_linear, prepacked
+from ..ops.linear import packed_linear
 from ..ops.losses import linear_cross_entropy
-from ..sampling import check_sampling_args, classifier_free_guidance, sample_logits
+from ..pretrained import PretrainedMixin
+from ..sampling import guided_logits, with_null_condition
+from ..utils import (cast_tuple, check_float, check_images, check_int, check_real_batch, check_same_batch,
+                     check_token_ids, default, set_requires_grad)
+from .cache import KVCache
+from .dalle_sampling import DALLESampling
 from .transformer import DivideMax, Transformer, check_buffer_bytes
 
 __all__ = ["DALLE"]
@@ -30,7 +33,7 @@ __all__ = ["DALLE"]
 CacheArg = Optional[Union[KVCache, dict]]
 
 
-class DALLE(PretrainedMixin, nn.Module, register=True):
+class DALLE(PretrainedMixin, DALLESampling, nn.Module, register=True):
     """Text-to-image transformer: models p(text, image codes) autoregressively; the dVAE `vae` is frozen.
 
     Args:
@@ -229,40 +232,6 @@ class DALLE(PretrainedMixin, nn.Module, register=True):
             cache.advance(n - start)
         return self.norm_by_max(out), start
 
-    def _image_step(self, code: Tensor, pos: Tensor, cache: KVCache, head: Optional[Tensor] = None) -> Tensor:
-        """Image logits (B, num_image_tokens) for the next position after feeding image code `code` (B,) at
-        sequence position `pos` (a (1,) long tensor); static shapes, see `Transformer.step`. `head`: the image
-        rows of the output layer, packed. The caller advances the cache."""
-        x = F.embedding(code[:, None], self._embedding_weight("image"))  # (B, 1, dim)
-        if not self.rotary_emb:
-            x = x + self._image_positions(x)[0].index_select(0, pos - (self.text_seq_len + 1))
-        hidden = self.norm_by_max(self.transformer.step(self._stabilized(x), pos, cache))
-        return self._logits(hidden[:, -1], "image", head)
-
-    def compiled_image_step(self, **compile_kwargs: Any):
-        """`torch.compile` of the one-position image decoding step, built on first use and kept (a plain
-        attribute: not a submodule, not saved). Every position reuses the one graph, since no shape depends on
-        it. `generate_images(compile=True)` uses it; `compile_kwargs` go to torch.compile on the first call
-        (default dynamic=False, fullgraph=True; on a GPU, mode="reduce-overhead" replays it as a CUDA graph)."""
-        compiled = self.__dict__.get("_compiled_image_step")
-        if compiled is None:
-            compiled = torch.compile(self._image_step, **{"dynamic": False, "fullgraph": True, **compile_kwargs})
-            self.__dict__["_compiled_image_step"] = compiled
-        return compiled
-
-    def _compiled_cache(self, batch: int, device: torch.device) -> KVCache:
-        """The cache the compiled step decodes into, one per (batch, device, dtype), reused by every call so
-        that its buffers keep their addresses (a CUDA graph replays on fixed addresses; new tensors would
-        make the compiler guard on them again). It is zeroed at every call."""
-        caches = self.__dict__.setdefault("_compiled_caches", {})
-        key = (batch, str(device), autocast_dtype(device.type) or self.to_logits[1].weight.dtype)
-        if key not in caches:
-            caches[key] = self.make_cache(batch)
-            for buffer in caches[key].buffers():
-                torch._dynamo.mark_static_address(buffer)
-        caches[key].reset(zero=True)
-        return caches[key]
-
     def _logits(self, hidden: Tensor, vocab: str, packed: Optional[Tensor] = None) -> Tensor:
         """Logits of one modality only ('text' or 'image'): the rows of the output layer for its vocabulary
         (`packed`: those rows from `linear.pack_weight`, for sampling on the CPU)."""
@@ -346,156 +315,5 @@ class DALLE(PretrainedMixin, nn.Module, register=True):
         cond_scale = check_float("cond_scale", cond_scale)
         if cond_scale == 1:
             return self(text, image, cache=cache, **kwargs)
-        text = self._check_text(text)
-        both_text = torch.cat((text, torch.zeros_like(text)))
-        both_image = None if image is None else torch.cat((image, image))
-        logits = self(both_text, both_image, cache=cache, **kwargs)
-        cond, null = logits.chunk(2)
-        return classifier_free_guidance(cond, null, cond_scale)
-
-    @torch.no_grad()
-    @eval_decorator
-    def generate_image_codes(
-        self,
-        text: Tensor,
-        *,
-        filter_thres: Optional[float] = 0.5,
-        temperature: float = 1.0,
-        top_p: Optional[float] = None,
-        img: Optional[Tensor] = None,
-        num_init_img_tokens: Optional[int] = None,
-        cond_scale: float = 1.0,
-        use_cache: bool = False,
-        generator: Optional[torch.Generator] = None,
-        compile: bool = False,
-    ) -> Tensor:
-        """Sample image codes (B, image_seq_len) for captions `text`; see `generate_images`."""
-        if compile and not use_cache:
-            raise ValueError("compile=True compiles the cached decoding step: pass use_cache=True too")
-        # every setting is checked here, once: the decoding loop samples with `sample_logits(check=False)`
-        check_sampling_args(temperature=temperature, filter_thres=filter_thres, top_p=top_p, cond_scale=cond_scale)
-        text = self._check_text(text)
-        batch = text.shape[0]
-        if num_init_img_tokens is not None:
-            if img is None:
-                raise ValueError("num_init_img_tokens is the number of codes kept from `img`, but no img was given: "
-                                 "pass img=images (or codes) to prime with, or drop num_init_img_tokens")
-            check_int("num_init_img_tokens", num_init_img_tokens)
-        codes = torch.zeros(batch, self.image_seq_len, dtype=torch.long, device=text.device)
-        num_primed = 0
-        if img is not None:
-            if isinstance(img, Tensor):
-                check_same_batch(text=text, img=img)
-            primed = self._image_codes(img, "img")
-            num_primed = num_init_img_tokens if num_init_img_tokens is not None else int(0.4375 * self.image_seq_len)
-            if not 0 < num_primed < self.image_seq_len:
-                raise ValueError(f"num_init_img_tokens must be in (0, {self.image_seq_len}), got {num_primed}")
-            if primed.shape[1] < num_primed:
-                raise ValueError(f"img holds {primed.shape[1]} codes per image but num_init_img_tokens={num_primed} "
-                                 f"of them are kept: pass at least {num_primed} codes (or whole images)")
-            codes[:, :num_primed] = primed[:, :num_primed].to(codes.device)
-
-        guided = cond_scale != 1
-        if guided:  # conditional and unconditional branch in one batch
-            text = torch.cat((text, torch.zeros_like(text)))
-            codes = torch.cat((codes, codes))
-        text_ids = self._text_ids(text)
-        step = self.compiled_image_step() if compile else None
-        rows = text.shape[0]
-        # eager decoding on the CPU: weights prepacked for oneDNN (a compiled step leaves that to the compiler)
-        packing = contextlib.nullcontext() if compile else prepacked(self.transformer, rows)
-        with torch.inference_mode(), packing:  # inference mode: lighter than no_grad; the weights cannot change
-            head = None if compile else pack_weight(self.to_logits[1].weight[self.num_text_tokens :], rows)
-            cache = None
-            if use_cache:
-                cache = self._compiled_cache(rows, text.device) if compile else self.make_cache(rows)
-            where = torch.zeros(1, dtype=torch.long, device=text.device)  # the position fed to `step`
-            for pos in range(num_primed, self.image_seq_len):
-                if not compile or pos == num_primed:  # the prefill (text and primer), or eager decoding
-                    hidden, _ = self._hidden(text_ids, codes[:, :pos], cache)
-                    logits = self._logits(hidden[:, -1], "image", head)  # (B', num_image_tokens)
-                else:  # compiled: one position, with shapes that never change (one graph serves them all)
-                    logits = step(codes[:, pos - 1], where.fill_(self.text_seq_len + pos), cache, head)
-                    cache.advance(1)
-                if guided:
-                    logits = classifier_free_guidance(*logits.chunk(2), cond_scale)
-                sample = sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p, temperature=temperature,
-                                       generator=generator, check=False)
-                codes[:, pos] = torch.cat((sample, sample)) if guided else sample
-        return codes[:batch].clone()  # a normal tensor again, usable with autograd
-
-    @torch.no_grad()
-    def generate_images(
-        self,
-        text: Tensor,
-        *,
-        clip: Optional[nn.Module] = None,
-        filter_thres: Optional[float] = 0.5,
-        temperature: float = 1.0,
-        img: Optional[Tensor] = None,
-        num_init_img_tokens: Optional[int] = None,
-        cond_scale: float = 1.0,
-        use_cache: bool = False,
-        top_p: Optional[float] = None,
-        generator: Optional[torch.Generator] = None,
-        compile: bool = False,
-    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-        """Images (B, C, H, W) in [0, 1] for captions `text` (B, <= text_seq_len); with `clip`, also its scores.
-
-        filter_thres: top-k keeping the top (1 - filter_thres) of the image vocabulary; top_p: nucleus
-        filtering; img: priming images whose first `num_init_img_tokens` codes (default 43.75%, the paper's
-        14 of 32 rows) are kept; cond_scale: classifier-free guidance; use_cache: incremental decoding;
-        compile: run each cached decoding step through `torch.compile` (one graph for every position,
-        compiled on the first call: see `compiled_image_step`).
-        """
-        if clip is not None and not isinstance(clip, nn.Module):  # refused before generating, not after
-            raise TypeError(f"clip must be a CLIP module scoring (text, images), got {type(clip).__name__}")
-        codes = self.generate_image_codes(
-            text, filter_thres=filter_thres, temperature=temperature, top_p=top_p, img=img,
-            num_init_img_tokens=num_init_img_tokens, cond_scale=cond_scale, use_cache=use_cache, generator=generator,
-            compile=compile,
-        )
-        images = self.vae.decode(codes)
-        if clip is None:
-            return images
-        return images, clip(self._check_text(text), images)
-
-    @torch.no_grad()
-    @eval_decorator
-    def generate_texts(
-        self,
-        tokenizer: Any,
-        text: Optional[str] = None,
-        *,
-        filter_thres: Optional[float] = 0.5,
-        temperature: float = 1.0,
-        top_p: Optional[float] = None,
-        use_cache: bool = True,
-        generator: Optional[torch.Generator] = None,
-    ) -> Tuple[Tensor, List[str]]:
-        """Complete the caption `text` (or sample one) to text_seq_len tokens: (ids (1, text_seq_len) with
-        padding as 0, [decoded caption]). `tokenizer` follows dalle_core's contract (encode/decode)."""
-        for method in ("encode", "decode"):
-            if not callable(getattr(tokenizer, method, None)):
-                raise TypeError(f"tokenizer must have encode() and decode() (a dalle_core tokenizer), got "
-                                f"{type(tokenizer).__name__} without {method}()")
-        if text is not None and not isinstance(text, str):
-            raise TypeError(f"text must be a string prompt (or None), got {type(text).__name__}")
-        check_sampling_args(temperature=temperature, filter_thres=filter_thres, top_p=top_p)
-        device = self.to_logits[1].weight.device
-        prefix = tokenizer.encode(text) if text else []
-        user_vocab = self.num_text_tokens - self.text_seq_len
-        if len(prefix) > self.text_seq_len or any(not 0 < i < user_vocab for i in prefix):
-            raise ValueError(f"the tokenized prompt must have at most {self.text_seq_len} ids in [1, {user_vocab}); "
-                             f"got {len(prefix)} ids (is num_text_tokens >= tokenizer.vocab_size?)")
-        ids = torch.zeros(1, self.text_seq_len + 1, dtype=torch.long, device=device)  # <bos> = 0 first
-        ids[0, 1 : 1 + len(prefix)] = torch.tensor(prefix, dtype=torch.long, device=device)
-        cache = self.make_cache(1) if use_cache else None
-        for pos in range(1 + len(prefix), self.text_seq_len + 1):
-            hidden, _ = self._hidden(ids[:, :pos], None, cache)
-            logits = self._logits(hidden[:, -1], "text")
-            ids[:, pos] = sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p,
-                                        temperature=temperature, generator=generator, check=False)
-        tokens = ids[:, 1:]
-        tokens = tokens.masked_fill(tokens >= user_vocab, 0)  # padding ids back to 0
-        return tokens, [tokenizer.decode(tokens[0].tolist())]
+        both_text, both_image = with_null_condition(self._check_text(text), image)
+        return guided_logits(self(both_text, both_image, cache=cache, **kwargs), cond_scale)

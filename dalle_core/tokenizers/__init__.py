@@ -10,7 +10,6 @@ reads them; anything else raises ValueError naming the file and what was expecte
 """
 from __future__ import annotations
 
-import importlib
 import json
 import operator
 import os
@@ -28,6 +27,7 @@ from torch import Tensor
 from .files import (MAX_TOKENIZER_BYTES, TOKENIZER_KINDS, check_yttm_model, read_tokenizer_text,
                                tokenizer_json)
 from ..files import check_regular_file, parse_json, read_bytes
+from ..utils import optional_import
 
 PathLike = Union[str, "os.PathLike[str]"]
 Corpus = Union[PathLike, Iterable[str]]
@@ -440,22 +440,38 @@ def _corpus_file(texts_or_file: Corpus) -> Iterator[Path]:
         yield path
 
 
-def _optional_import(module: str, needed_by: str, package: str, install: str) -> Any:
-    """Import an optional backend, or raise an ImportError saying how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(f"{needed_by} needs {package}, which is not installed. Install it with: {install}") from err
-
-
 def _import_yttm() -> Any:
     """The youtokentome module, or an ImportError saying how to install it."""
-    return _optional_import("youtokentome", "YttmTokenizer", "youtokentome", YTTM_INSTALL)
+    return optional_import("youtokentome", "YttmTokenizer", YTTM_INSTALL)
 
 
 def _import_hf() -> Any:
     """The Hugging Face tokenizers module, or an ImportError saying how to install it."""
-    tokenizers = _optional_import("tokenizers", "HugTokenizer", "Hugging Face tokenizers", HF_INSTALL)
+    tokenizers = optional_import("tokenizers", "HugTokenizer", HF_INSTALL, package="Hugging Face tokenizers")
     if not hasattr(tokenizers.Tokenizer, "encode_special_tokens"):
         raise ImportError(f"HugTokenizer needs tokenizers>=0.15.1, found {tokenizers.__version__}: {HF_INSTALL}")
     return tokenizers
+
+
+# --- the tokenizer saved beside a model ---------------------------------------------------------------------
+# A DALLE or CLIP model directory also holds the tokenizer it was trained with, so that generating from it
+# needs nothing else.
+
+MODEL_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # youtokentome's own format for YttmTokenizer
+
+
+def load_tokenizer(path: Union[PathLike, None]) -> Tokenizer:
+    """The tokenizer saved at `path` (any kind `Tokenizer.load` reads), or the default ByteTokenizer for None."""
+    return default_tokenizer() if path is None else Tokenizer.load(path)
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: PathLike) -> Path:
+    """Save `tokenizer` into a model directory (tokenizer.model for youtokentome, tokenizer.json otherwise)."""
+    path = Path(directory) / MODEL_TOKENIZER_FILES[1 if isinstance(tokenizer, YttmTokenizer) else 0]
+    tokenizer.save(path)
+    return path
+
+
+def find_tokenizer(directory: PathLike) -> Union[Path, None]:
+    """The tokenizer file saved in a model directory, if any."""
+    return next((Path(directory) / n for n in MODEL_TOKENIZER_FILES if (Path(directory) / n).is_file()), None)

@@ -6,6 +6,7 @@ vae = train_vae(VAETrainConfig(folder="data/", out="runs/vae", image_size=64, st
 ```
 `dalle-core train-vae|train-dalle|train-clip` map their flags onto the same config dataclasses.
 """
+from .callbacks import Callback, SampleRecorder
 from .clip import CLIPTrainConfig, CLIPTrainer, train_clip
 from .common import NonFiniteError, Trainer
 from .config import TrainConfig
@@ -17,6 +18,8 @@ from .vae import VAETrainConfig, VAETrainer, train_vae
 __all__ = [
     "TrainConfig",
     "Trainer",
+    "Callback",
+    "SampleRecorder",
     "NonFiniteError",
     "VAETrainConfig",
     "VAETrainer",

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 import torch
 from accelerate.utils import gather_object
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from ..data import TextImageDataset, WebTextImageDataset
 from ..data.common import generator, mix_seed
@@ -118,23 +118,12 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[int, Tensor, Tensor]:
         seed = mix_seed(self.seed, "sample", self.epoch, index)
-        _seed_sample_generator(self.dataset, seed)
+        if isinstance(self.dataset, TextImageDataset):
+            self.dataset.reseed(seed)
         with torch.random.fork_rng(devices=[]):  # datasets that draw from torch's global RNG
             torch.manual_seed(seed)
             text, image = self.dataset[index]
         return index, text, image
-
-
-def _seed_sample_generator(dataset: Dataset, seed: int) -> None:
-    """Point a TextImageDataset's per-process generator at `seed` for the next item.
-
-    TextImageDataset keeps one generator per process (`_gen`, reset when `_gen_owner` changes) and offers no
-    public way to seed a single item; this sets both so its `_generator()` returns ours.
-    """
-    if isinstance(dataset, TextImageDataset) and hasattr(dataset, "_gen"):
-        info = get_worker_info()
-        dataset._gen = generator(seed)
-        dataset._gen_owner = None if info is None else (info.id, info.seed)
 
 
 class BatchStream:

@@ -1,7 +1,7 @@
 """Checkpoint directories of a run: out/checkpoints/step-00001000/{model/, ema/, training_state.safetensors}.
 
 A DALLE or CLIP model directory also holds the tokenizer it was trained with (tokenizer.json, or
-tokenizer.model for youtokentome), so that `dalle-core generate` needs nothing else.
+tokenizer.model for youtokentome; see `dalle_core.tokenizers.save_tokenizer`).
 
 A checkpoint is written into a hidden temporary directory beside the others and renamed into place once
 complete, so a crash at any point leaves the previous checkpoints untouched and `latest_checkpoint` never
@@ -12,22 +12,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import uuid
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
 from ..files import fsync_path
 from ..pretrained import TRAINING_STATE_NAME
-from ..tokenizers import Tokenizer, YttmTokenizer, default_tokenizer
+from ..tokenizers import find_tokenizer, load_tokenizer, save_tokenizer  # noqa: F401 - their former home
 
 __all__ = ["CHECKPOINTS_DIR", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "write_checkpoint",
-           "crash_point", "load_tokenizer", "save_tokenizer", "find_tokenizer"]
+           "load_tokenizer", "save_tokenizer", "find_tokenizer"]
 
 CHECKPOINTS_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d+)$")
-CRASH_ENV = "DALLE_CORE_TEST_CRASH"  # test-only: "step:K" or "checkpoint:K" kills the process there
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 def checkpoint_path(out: Union[str, Path], step: int) -> Path:
@@ -74,29 +71,3 @@ def write_checkpoint(out: Union[str, Path], step: int, write: Callable[[Path], N
     for old in list_checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def crash_point(where: str, step: int) -> None:
-    """Test hook: SIGKILL this process when DALLE_CORE_TEST_CRASH is f"{where}:{step}" (no cleanup runs)."""
-    if os.environ.get(CRASH_ENV) == f"{where}:{step}":
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
-
-
-# --- the tokenizer saved beside a model ---------------------------------------------------------------------
-
-
-def load_tokenizer(path: Optional[Union[str, Path]]) -> Tokenizer:
-    """The tokenizer saved at `path` (any kind `Tokenizer.load` reads), or the default ByteTokenizer."""
-    return default_tokenizer() if path is None else Tokenizer.load(path)
-
-
-def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> Path:
-    """Save `tokenizer` into a model directory (tokenizer.model for youtokentome, tokenizer.json otherwise)."""
-    path = Path(directory) / TOKENIZER_FILES[1 if isinstance(tokenizer, YttmTokenizer) else 0]
-    tokenizer.save(path)
-    return path
-
-
-def find_tokenizer(directory: Union[str, Path]) -> Optional[Path]:
-    """The tokenizer file saved in a model directory, if any."""
-    return next((Path(directory) / n for n in TOKENIZER_FILES if (Path(directory) / n).is_file()), None)

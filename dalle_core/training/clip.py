@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from ..models.clip import CLIP
+from ..tokenizers import find_tokenizer, load_tokenizer, save_tokenizer
 from .batches import Batch
-from .checkpointing import find_tokenizer, load_tokenizer, save_tokenizer
 from .common import Trainer
 from .config import TrainConfig, model_options, option
 
@@ -75,5 +75,5 @@ class CLIPTrainer(Trainer):
 
 
 def train_clip(config: CLIPTrainConfig, **kwargs: Any) -> CLIP:
-    """Train a CLIP as `config` says (see `Trainer` for `dataset=` and `resume=`); returns the trained model."""
+    """Train a CLIP as `config` says (see `Trainer` for `dataset=`, `resume=` and `callbacks=`); returns the trained model."""
     return CLIPTrainer(config, **kwargs).train()

@@ -15,7 +15,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Dict, Optional, Sequence, Tuple, Type
 
 import torch
 from accelerate import Accelerator
@@ -31,10 +31,11 @@ from ..pretrained import build_like, load_training_state, save_training_state
 from ..errors import NonFiniteError
 from ..data.common import mix_seed
 from .batches import Batch, BatchStream, build_dataset, skip_counts
-from .checkpointing import CHECKPOINTS_DIR, checkpoint_path, crash_point, latest_checkpoint, write_checkpoint
+from .callbacks import SAMPLE_IDS_NAME, Callback
+from .checkpointing import CHECKPOINTS_DIR, checkpoint_path, latest_checkpoint, write_checkpoint
 from .config import TrainConfig, config_to_dict, load_config_file
 from .ema import EMA
-from .outputs import SAMPLE_IDS_NAME, MetricsLog, record_sample_ids, truncate_metrics, weight_checksum
+from .outputs import MetricsLog, truncate_metrics
 from .schedules import warmup_cosine_scheduler
 
 __all__ = ["Trainer", "make_optimizer", "NonFiniteError", "clean_stale_temp", "RUN_CONFIG_NAME"]
@@ -89,6 +90,7 @@ class Trainer:
     ValueError, one exactly at it only re-exports the model. `dataset` replaces the folder/shards of the config
     with any dataset of (caption ids, image) pairs. `allow_pipe=False` refuses `pipe:` shard sources (they run
     commands): the CLI passes it when the shards value came from a saved run config, not from the user.
+    `callbacks` (see `dalle_core.training.callbacks`) run at fixed points of the loop, on every process.
     A NaN or infinite loss or weights raise `NonFiniteError` before any checkpoint of them is written.
     """
 
@@ -96,12 +98,17 @@ class Trainer:
     kind = "model"
 
     def __init__(self, config: TrainConfig, *, dataset: Optional[Dataset] = None, resume: bool = False,
-                 allow_pipe: bool = True):
+                 allow_pipe: bool = True, callbacks: Sequence[Callback] = ()):
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         config.validate()
         self.config, self.out, self.resume, self._dataset = config, Path(config.out), resume, dataset
         self.allow_pipe = bool(allow_pipe)
+        self.callbacks = list(callbacks)
+        for callback in self.callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(f"callbacks must be dalle_core.training.Callback instances, got "
+                                f"{type(callback).__name__}")
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"the output directory (--out) {str(self.out)!r} is a file, expected a directory "
                              "(new, or holding a run)")
@@ -272,8 +279,8 @@ class Trainer:
                     lr = optimizer.param_groups[0]["lr"]
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                if cfg.debug_record:
-                    record_sample_ids(acc, self.out / SAMPLE_IDS_NAME, step + 1, epoch, index, batch)
+                for callback in self.callbacks:
+                    callback.on_micro_batch(self, step + 1, epoch, index, batch)
                 detached = loss.detach().float()
                 running, count = running + detached, count + 1
                 new_bad = ~torch.isfinite(detached) & (self._bad_step < 0)  # no sync: read when logging or saving
@@ -286,7 +293,8 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update(self.unwrapped)
                 bar.update(1)
-                crash_point("step", step)
+                for callback in self.callbacks:
+                    callback.on_update(self, step)
                 logs = step % cfg.log_every == 0 or step == cfg.steps
                 samples = bool(cfg.sample_every) and (step % cfg.sample_every == 0 or step == cfg.steps)
                 saves = step % cfg.save_every == 0 or step == cfg.steps
@@ -377,7 +385,8 @@ class Trainer:
                 self.export(full, tmp / "model")
                 if self.ema is not None:
                     self.export(self.ema.model, tmp / "ema")
-                crash_point("checkpoint", step)
+                for callback in self.callbacks:
+                    callback.on_checkpoint(self, step, tmp)
                 if self.sharded:
                     os.replace(staging, tmp / "accelerate")
                 extra = {"trainer": self.kind, "loss_sums": loss_sums, "loss_count": count}
@@ -424,9 +433,9 @@ class Trainer:
             for reason, items in per_rank.items():
                 merged.setdefault(reason, set()).update(items)
         skipped = {reason: len(items) for reason, items in sorted(merged.items()) if items}
-        extra = {}
-        if self.config.debug_record:
-            extra["weight_checksums"] = gather_object([weight_checksum(self.unwrapped)])
+        extra: Dict[str, Any] = {}
+        for callback in self.callbacks:
+            extra.update(callback.on_end(self, step) or {})
         self.log.event(step, "end", skipped=skipped, **extra)
         acc.print(f"data skipped during the run: {skipped or 'nothing'}; final model in {self.out / 'model'}")
         self.log.close()

@@ -128,6 +128,7 @@ class TrainConfig:
 
     model_class: ClassVar[Optional[type]] = None  # set by `model_options`
     RENAMED: ClassVar[Dict[str, str]] = {}  # old field name -> new: read in saved configs, accepted as flags
+    REMOVED: ClassVar[Tuple[str, ...]] = ("debug_record",)  # fields of older runs, ignored when read (now callbacks)
 
     folder: Optional[str] = option(None, "folder of images with same-stem .txt captions (train-vae: images alone)", "data")
     shards: Optional[str] = option(None, "WebDataset tar shards: a file, a directory, a URL or a brace pattern "
@@ -163,9 +164,6 @@ class TrainConfig:
     tensorboard: bool = option(False, "also log to TensorBoard (needs `pip install tensorboard`)")
     wandb: bool = option(False, "also log to Weights & Biases (needs `pip install wandb`)")
     wandb_project: str = option("dalle-core", "W&B project name")
-    debug_record: bool = option(False, "write every micro-batch's sample ids (dataset indices; caption keys for "
-                                       "shards) to sample_ids.jsonl and each rank's final weight checksum: for "
-                                       "tests and debugging data sharding")
 
     def validate(self) -> None:
         """Raise ValueError (TypeError for a value of the wrong type) naming the first field that cannot work."""
@@ -190,7 +188,7 @@ class TrainConfig:
                 raise TypeError(f"{name} must be a str (a path) or None, got {type(value).__name__} {value!r}")
         if not isinstance(self.out, (str, PathLike)) or not str(self.out):
             raise TypeError(f"out must be a non-empty path, got {type(self.out).__name__} {self.out!r}")
-        for name in ("bf16", "use_ema", "cpu", "tensorboard", "wandb", "debug_record"):
+        for name in ("bf16", "use_ema", "cpu", "tensorboard", "wandb"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         hints = _hints(type(self))
@@ -262,6 +260,7 @@ def config_from_dict(cls: Type[C], data: Dict[str, Any], where: str = "config") 
     """A config of class `cls` from `config_to_dict` output; unknown keys raise ValueError."""
     names = {f.name for f in dataclasses.fields(cls)}
     data = {getattr(cls, "RENAMED", {}).get(k, k): v for k, v in data.items()}  # a run saved under older names
+    data = {k: v for k, v in data.items() if k not in getattr(cls, "REMOVED", ())}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}")

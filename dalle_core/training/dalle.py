@@ -14,8 +14,8 @@ from ..models.dalle import DALLE
 from ..sampling import check_sampling_args
 from ..interop import load_dalle_pytorch_vae
 from ..models.vae import DiscreteVAE
+from ..tokenizers import find_tokenizer, load_tokenizer, save_tokenizer
 from .batches import Batch
-from .checkpointing import find_tokenizer, load_tokenizer, save_tokenizer
 from .common import Trainer
 from .config import TrainConfig, model_options, option
 from .outputs import save_image_grid
@@ -134,5 +134,5 @@ class DALLETrainer(Trainer):
 
 
 def train_dalle(config: DALLETrainConfig, **kwargs: Any) -> DALLE:
-    """Train a DALLE as `config` says (see `Trainer` for `dataset=` and `resume=`); returns the trained model."""
+    """Train a DALLE as `config` says (see `Trainer` for `dataset=`, `resume=` and `callbacks=`); returns the trained model."""
     return DALLETrainer(config, **kwargs).train()

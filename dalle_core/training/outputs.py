@@ -1,32 +1,20 @@
-"""What a run writes besides checkpoints: metrics as JSON lines (plus optional TensorBoard / W&B), PNG grids,
-and with `debug_record` the sample ids of every micro-batch and each process's weight checksum."""
+"""What a run writes besides checkpoints: metrics as JSON lines (plus optional TensorBoard / W&B) and PNG grids."""
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..data.images import save_image_grid, to_pil  # noqa: F401 - where the trainers and the CLI take them
 from ..files import write_text_atomic
+from ..utils import optional_import
 
-__all__ = ["MetricsLog", "truncate_metrics", "to_pil", "save_image_grid", "record_sample_ids", "weight_checksum",
-           "METRICS_NAME", "SAMPLE_IDS_NAME"]
+__all__ = ["MetricsLog", "truncate_metrics", "to_pil", "save_image_grid", "METRICS_NAME"]
 
 METRICS_NAME = "metrics.jsonl"
-SAMPLE_IDS_NAME = "sample_ids.jsonl"
-
-
-def _optional_import(module: str, flag: str, install: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(f"{flag} needs the {module} package, which is not installed: {install}") from err
 
 
 class MetricsLog:
@@ -44,12 +32,12 @@ class MetricsLog:
         if not enabled:
             return
         if tensorboard:
-            _optional_import("tensorboard", "--tensorboard", "pip install tensorboard")
+            optional_import("tensorboard", "--tensorboard", "pip install tensorboard")
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(Path(out) / "tensorboard"))
         if wandb:
-            self._wandb = _optional_import("wandb", "--wandb", "pip install wandb")
+            self._wandb = optional_import("wandb", "--wandb", "pip install wandb")
             id_file = Path(out) / "wandb_run_id"
             run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:16]
             id_file.write_text(run_id + "\n")
@@ -107,31 +95,3 @@ def truncate_metrics(out: Union[str, Path], step: int, name: str = METRICS_NAME)
         except ValueError:  # a line cut short by the crash
             continue
     write_text_atomic(path, "".join(line + "\n" for line in kept))
-
-
-# --- debug records --------------------------------------------------------------------------------------------
-
-
-def _caption_keys(text: Tensor) -> Tensor:
-    """An int64 key per caption (B,): identifies streamed samples, which have no dataset index."""
-    weights = [pow(257, i, 2**61 - 1) for i in range(text.shape[1])]
-    return (text.long() * torch.tensor(weights, device=text.device)).sum(dim=1)  # wraps around, deterministically
-
-
-def record_sample_ids(accelerator: Any, path: Path, step: int, epoch: int, index: int, batch: Any) -> None:
-    """Append {"step", "epoch", "batch", "ids": [[rank 0's], [rank 1's], ...]} for one micro-batch (a collective)."""
-    ids = batch.ids if batch.ids is not None else _caption_keys(batch.text)
-    ids = accelerator.gather(ids)  # (processes * B,), rank by rank
-    if accelerator.is_main_process:
-        row = {"step": step, "epoch": epoch, "batch": index, "ids": ids.view(accelerator.num_processes, -1).tolist()}
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-def weight_checksum(model: nn.Module) -> str:
-    """sha256 of every tensor in the state dict, in name order: equal weights, equal checksums."""
-    digest = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()

@@ -100,5 +100,5 @@ class VAETrainer(Trainer):
 
 
 def train_vae(config: VAETrainConfig, **kwargs: Any) -> DiscreteVAE:
-    """Train a dVAE as `config` says (see `Trainer` for `dataset=` and `resume=`); returns the trained model."""
+    """Train a dVAE as `config` says (see `Trainer` for `dataset=`, `resume=` and `callbacks=`); returns the trained model."""
     return VAETrainer(config, **kwargs).train()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import dalle_core.models.dalle as dalle_module
+import dalle_core.models.dalle_sampling as dalle_module
 import dalle_core.models.transformer as transformer_module
 from dalle_core import CLIP, DALLE, DiscreteVAE
 from dalle_core.sampling import gumbel_sample, sample_logits, top_k, top_p

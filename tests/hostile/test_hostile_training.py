@@ -31,8 +31,8 @@ from dalle_core.data import write_shards
 from dalle_core.training import NonFiniteError, VAETrainConfig, VAETrainer, train_vae
 from dalle_core.training.batches import build_dataset
 from dalle_core.training.checkpointing import list_checkpoints
-from test_training import TINY_VAE, flags, make_folder, metrics
-from test_training import one_thread  # noqa: F401  (its autouse fixture: one thread in this module too)
+from helpers import TINY_VAE, Stop, StopAt, flags, make_folder, metrics
+from helpers import one_thread  # noqa: F401  (its autouse fixture: one thread in this module too)
 
 QUIET = dict(warmup_steps=0, log_every=1, sample_every=0, batch_size=4)
 
@@ -311,24 +311,12 @@ def test_resuming_with_steps_not_above_the_runs_step_says_so(finished, tmp_path,
     assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2, 3, 4]  # nothing trained
 
 
-class Stop(Exception):
-    """Stands in for a crash in process."""
-
-
-def test_resumed_loss_rows_average_the_same_updates_as_an_uninterrupted_run(tmp_path, data, monkeypatch):
-    import dalle_core.training.common as common
-
+def test_resumed_loss_rows_average_the_same_updates_as_an_uninterrupted_run(tmp_path, data):
     options = dict(folder=str(data), steps=8, save_every=3, **{**QUIET, "log_every": 4}, **TINY_VAE)
     train_vae(VAETrainConfig(out=str(tmp_path / "whole"), **options))
 
-    def crash(where: str, step: int) -> None:
-        if (where, step) == ("step", 5):
-            raise Stop
-
-    monkeypatch.setattr(common, "crash_point", crash)
     with pytest.raises(Stop):  # after update 5: the last checkpoint is update 3, mid-way to the row at 4
-        train_vae(VAETrainConfig(out=str(tmp_path / "stopped"), **options))
-    monkeypatch.undo()
+        train_vae(VAETrainConfig(out=str(tmp_path / "stopped"), **options), callbacks=[StopAt(5)])
     train_vae(VAETrainConfig(out=str(tmp_path / "stopped"), **options), resume=True)
 
     def rows(run: str) -> List[dict]:
