@@ -186,9 +186,9 @@ def _generate(args: argparse.Namespace) -> int:
     if tokenizer_path is None:
         warnings.warn(f"no tokenizer saved in {args.checkpoint}: using the default UTF-8 byte tokenizer")
     tokenizer = load_tokenizer(None if tokenizer_path is None else str(tokenizer_path))
-    if tokenizer.vocab_size > dalle.num_text_tokens - dalle.text_seq_len:
+    if tokenizer.vocab_size > dalle.text_vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but this DALLE was trained with "
-                         f"{dalle.num_text_tokens - dalle.text_seq_len}: pass the tokenizer it was trained with")
+                         f"{dalle.text_vocab_size}: pass the tokenizer it was trained with")
     clip = clip_tokenizer = None
     if args.clip is not None:
         clip = CLIP.from_pretrained(args.clip, map_location=device)

@@ -42,7 +42,7 @@ def save_grid(rows, path):  # rows: a list of (N, C, H, W) tensors in [0, 1], dr
 
 # %% Load: a dalle_core DALLE, used like any other
 dalle = load_dalle_pytorch(args.checkpoint)  # keywords override saved hparams: load_dalle_pytorch(path, ff_dropout=0.1)
-print(f"DALLE: text_seq_len {dalle.text_seq_len}, {dalle.num_text_tokens - dalle.text_seq_len} text ids, "
+print(f"DALLE: text_seq_len {dalle.text_seq_len}, {dalle.text_vocab_size} text ids, "
       f"{dalle.vae.image_size}px images as {dalle.image_seq_len} codes of {dalle.num_image_tokens}")
 
 # %% Captions: tokenized with the training tokenizer, or random ids when there is none
@@ -54,7 +54,7 @@ if args.tokenizer:
 else:
     if args.prompt:
         raise SystemExit("--prompt needs --tokenizer: the ids must come from the tokenizer the DALLE was trained with")
-    text = torch.randint(1, dalle.num_text_tokens - dalle.text_seq_len, (2, dalle.text_seq_len), generator=gen)
+    text = torch.randint(1, dalle.text_vocab_size, (2, dalle.text_seq_len), generator=gen)
 text = text.repeat_interleave(args.num_images, dim=0)
 
 # %% Sample, one row per caption

@@ -50,7 +50,7 @@ else:
     vae = DiscreteVAE(image_size=args.image_size, num_layers=2, num_tokens=64, codebook_dim=32, hidden_dim=16)
     dalle = DALLE(dim=64, vae=vae, num_text_tokens=tokenizer.vocab_size, text_seq_len=64, depth=2, heads=4,
                   dim_head=16)
-if tokenizer.vocab_size > dalle.num_text_tokens - dalle.text_seq_len:  # num_text_tokens counts padding ids too
+if tokenizer.vocab_size > dalle.text_vocab_size:
     raise SystemExit(f"the tokenizer has more ids than the DALLE: save its own in {args.checkpoint}/tokenizer.json")
 text = tokenizer.tokenize(prompts, dalle.text_seq_len, truncate_text=True)  # (B, text_seq_len), 0 = padding
 

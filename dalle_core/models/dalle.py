@@ -60,7 +60,13 @@ class DALLE(PretrainedMixin, DALLESampling, nn.Module, register=True):
         share_input_output_emb: tie the input embeddings to the output layer.
         optimize_for_inference: accepted for DALLE-pytorch compatibility; does nothing.
         gradient_checkpointing: recompute activations in the backward pass.
-        conv_kernel_size: kernel side of the conv_like attention pattern (None: the pattern's default).
+        conv_kernel_size: window side of the convolutional patterns conv_like and conv (None: their defaults
+            in `masks.KERNEL_SIZES`, 5 and 11).
+
+    Attributes (sizes): text_seq_len and text_vocab_size (the caption's length and vocabulary, as given);
+    num_text_tokens = text_vocab_size + text_seq_len (the text rows of the embedding and the output layer: a
+    padding id per text position, as in DALLE-pytorch); image_fmap_size (the code grid's side), image_seq_len =
+    image_fmap_size**2, num_image_tokens (the VAE's codebook), total_seq_len = text_seq_len + image_seq_len.
     """
 
     MODULE_ARGS = ("vae",)  # saved as its own {class, config} beside the DALLE's
@@ -107,15 +113,18 @@ class DALLE(PretrainedMixin, DALLESampling, nn.Module, register=True):
                                 num_text_tokens=num_text_tokens).items():
             check_int(name, value)
         check_float("loss_img_weight", loss_img_weight, low=0)
-        fmap = vae.image_size // (2**vae.num_layers)
+        fmap_size = vae.image_size // (2**vae.num_layers)
         # refuse a sequence whose masks and tables would not fit before allocating any weight
         layer_types = [str(t) for t in cast_tuple(default(attn_types, ("full",)))]
-        check_buffer_bytes(text_len=text_seq_len + 1, fmap_size=fmap, dim=dim, dim_head=dim_head,
+        check_buffer_bytes(text_len=text_seq_len + 1, fmap_size=fmap_size, dim=dim, dim_head=dim_head,
                            attn_types=layer_types[:depth], rotary=bool(rotary_emb), shift=bool(shift_tokens))
-        self.image_fmap_size = fmap
+        self.image_fmap_size = fmap_size
         self.text_seq_len = text_seq_len
-        self.image_seq_len = fmap * fmap
-        self.num_text_tokens = num_text_tokens + text_seq_len  # a unique padding id per text position
+        self.image_seq_len = fmap_size * fmap_size
+        # the caption vocabulary (the tokenizer's) and, as in DALLE-pytorch, `num_text_tokens` the text rows of
+        # the embedding and the output layer: that vocabulary plus a unique padding id per text position
+        self.text_vocab_size = num_text_tokens
+        self.num_text_tokens = num_text_tokens + text_seq_len
         self.num_image_tokens = vae.num_tokens
         self.total_tokens = self.num_text_tokens + self.num_image_tokens
         self.total_seq_len = text_seq_len + self.image_seq_len
@@ -129,11 +138,11 @@ class DALLE(PretrainedMixin, DALLESampling, nn.Module, register=True):
         self.rotary_emb = rotary_emb
         if not rotary_emb:
             self.text_pos_emb = nn.Embedding(text_seq_len + 1, dim)  # +1 for <bos>
-            self.image_pos_emb = AxialPositionalEmbedding(dim, axial_shape=(fmap, fmap))
+            self.image_pos_emb = AxialPositionalEmbedding(dim, axial_shape=(fmap_size, fmap_size))
         self.transformer = Transformer(
-            dim=dim, causal=True, seq_len=self.total_seq_len, depth=depth, heads=heads, dim_head=dim_head,
+            dim=dim, causal=True, seq_len=1 + self.total_seq_len, depth=depth, heads=heads, dim_head=dim_head,
             reversible=reversible, attn_dropout=attn_dropout, ff_dropout=ff_dropout, attn_types=attn_types,
-            image_fmap_size=fmap, stable=stable, sandwich_norm=sandwich_norm, shift_tokens=shift_tokens,
+            image_fmap_size=fmap_size, sandwich_norm=sandwich_norm, shift_tokens=shift_tokens,
             rotary_emb=rotary_emb, shared_attn_ids=shared_attn_ids, shared_ff_ids=shared_ff_ids,
             gradient_checkpointing=gradient_checkpointing, conv_kernel_size=conv_kernel_size,
         )
@@ -147,10 +156,9 @@ class DALLE(PretrainedMixin, DALLESampling, nn.Module, register=True):
     # --- inputs ---------------------------------------------------------------------------------------
 
     def _check_text(self, text: Any) -> Tensor:
-        """Validate caption ids (B, <= text_seq_len) in [0, num_text_tokens); right-pad with 0."""
-        user_vocab = self.num_text_tokens - self.text_seq_len
+        """Validate caption ids (B, <= text_seq_len) in [0, text_vocab_size); right-pad with 0."""
         check_real_batch("text", text)
-        text = check_token_ids("text", text, vocab_size=user_vocab)
+        text = check_token_ids("text", text, vocab_size=self.text_vocab_size)
         if text.shape[1] > self.text_seq_len:
             raise ValueError(f"text has {text.shape[1]} tokens but this DALLE takes at most text_seq_len="
                              f"{self.text_seq_len}; truncate the caption when tokenizing")

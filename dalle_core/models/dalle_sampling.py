@@ -264,9 +264,9 @@ class DALLESampling:
         check_sampling_args(temperature=temperature, filter_thres=filter_thres, top_p=top_p)
         device = self.to_logits[1].weight.device
         prefix = tokenizer.encode(text) if text else []
-        user_vocab = self.num_text_tokens - self.text_seq_len
-        if len(prefix) > self.text_seq_len or any(not 0 < i < user_vocab for i in prefix):
-            raise ValueError(f"the tokenized prompt must have at most {self.text_seq_len} ids in [1, {user_vocab}); "
+        vocab = self.text_vocab_size
+        if len(prefix) > self.text_seq_len or any(not 0 < i < vocab for i in prefix):
+            raise ValueError(f"the tokenized prompt must have at most {self.text_seq_len} ids in [1, {vocab}); "
                              f"got {len(prefix)} ids (is num_text_tokens >= tokenizer.vocab_size?)")
         ids = torch.zeros(1, self.text_seq_len + 1, dtype=torch.long, device=device)  # <bos> = 0 first
         ids[0, 1 : 1 + len(prefix)] = torch.tensor(prefix, dtype=torch.long, device=device)
@@ -277,5 +277,5 @@ class DALLESampling:
             ids[:, pos] = sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p,
                                         temperature=temperature, generator=generator, check=False)
         tokens = ids[:, 1:]
-        tokens = tokens.masked_fill(tokens >= user_vocab, 0)  # padding ids back to 0
+        tokens = tokens.masked_fill(tokens >= vocab, 0)  # padding ids back to 0
         return tokens, [tokenizer.decode(tokens[0].tolist())]

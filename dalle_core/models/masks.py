@@ -21,13 +21,17 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["ATTN_TYPES", "attention_mask", "image_visibility"]
+__all__ = ["ATTN_TYPES", "KERNEL_SIZES", "attention_mask", "image_visibility"]
 
 ATTN_TYPES = ("full", "axial_row", "axial_col", "conv_like", "row", "col", "conv")
+# default window side of the convolutional patterns: DALLE-pytorch's conv_like uses 5, the paper's conv 11 (Fig. 11)
+KERNEL_SIZES = {"conv_like": 5, "conv": 11}
 
 
-def image_visibility(attn_type: str, fmap_size: int, *, kernel_size: int = 5, dilation: int = 1) -> Tensor:
-    """Image-to-image visibility (fmap_size**2, fmap_size**2), True where query i may see key j."""
+def image_visibility(attn_type: str, fmap_size: int, *, kernel_size: Optional[int] = None, dilation: int = 1) -> Tensor:
+    """Image-to-image visibility (fmap_size**2, fmap_size**2), True where query i may see key j (`kernel_size`:
+    the window side of the convolutional patterns, default `KERNEL_SIZES[attn_type]`)."""
+    kernel_size = KERNEL_SIZES.get(attn_type, 0) if kernel_size is None else kernel_size
     n = fmap_size * fmap_size
     i = torch.arange(n).view(n, 1)  # query raster index
     j = torch.arange(n).view(1, n)  # key raster index
@@ -58,7 +62,7 @@ def attention_mask(
     text_len: int,
     fmap_size: Optional[int],
     *,
-    kernel_size: int = 5,
+    kernel_size: Optional[int] = None,
     dilation: int = 1,
 ) -> Tensor:
     """Full (text_len + fmap_size**2) square visibility mask for one attention pattern.
@@ -67,9 +71,9 @@ def attention_mask(
     """
     if attn_type != "full" and fmap_size is None:
         raise ValueError(f"attention type {attn_type!r} needs image_fmap_size")
-    img_len = 0 if fmap_size is None else fmap_size * fmap_size
-    total = text_len + img_len
+    image_seq_len = 0 if fmap_size is None else fmap_size * fmap_size
+    total = text_len + image_seq_len
     mask = torch.ones(total, total, dtype=torch.bool).tril_()
-    if img_len and attn_type != "full":
+    if image_seq_len and attn_type != "full":
         mask[text_len:, text_len:] = image_visibility(attn_type, fmap_size, kernel_size=kernel_size, dilation=dilation)
     return mask

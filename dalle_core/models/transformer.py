@@ -32,13 +32,13 @@ def buffer_bytes(*, text_len: int, fmap_size: Optional[int], dim: int, dim_head:
                  rotary: bool, shift: bool) -> int:
     """Bytes of the non-persistent tables a causal `Transformer` builds, with the largest temporary that
     building one of its masks needs."""
-    img_len = 0 if fmap_size is None else fmap_size**2
-    n = text_len + img_len
+    image_seq_len = 0 if fmap_size is None else fmap_size**2
+    n = text_len + image_seq_len
     patterns = set(attn_types) | {"full"}
     total = len(patterns) * n * n  # one dense (n, n) bool mask per pattern
     # `image_visibility` temporaries: int64 offsets for the convolutions, a few bool grids for the others
     per_pixel = max((24 if t.startswith("conv") else 3) for t in patterns - {"full"}) if patterns != {"full"} else 0
-    total += per_pixel * img_len * img_len
+    total += per_pixel * image_seq_len * image_seq_len
     if rotary:
         total += n * (dim_head // 2) * 8 + n * dim_head * 4 * 4  # complex64 table, float32 frequencies
     if shift:
@@ -50,10 +50,10 @@ def check_buffer_bytes(**sizes: Any) -> None:
     """Refuse (ValueError naming the sizes) a configuration whose precomputed tables exceed MAX_BUFFER_BYTES."""
     need = buffer_bytes(**sizes)
     if need > MAX_BUFFER_BYTES:
-        text_len, fmap = sizes["text_len"], sizes.get("fmap_size") or 0
+        text_len, fmap_size = sizes["text_len"], sizes.get("fmap_size") or 0
         raise ValueError(
-            f"sequence too long: {text_len} text positions and a {fmap}x{fmap} image grid "
-            f"({text_len + fmap * fmap} positions in all) need {need / 2**30:.1f} GiB of precomputed attention "
+            f"sequence too long: {text_len} text positions and a {fmap_size}x{fmap_size} image grid "
+            f"({text_len + fmap_size**2} positions in all) need {need / 2**30:.1f} GiB of precomputed attention "
             f"masks and position tables, more than the {MAX_BUFFER_BYTES / 2**30:.0f} GiB allowed (they grow with "
             "the square of the length): use a smaller image grid (vae image_size / 2**num_layers) or a shorter "
             "text_seq_len / seq_len")
@@ -187,10 +187,10 @@ def dalle_rotary_table(dim_head: int, text_len: int, fmap_size: int) -> Tensor:
     """Rotary frequencies (text_len + fmap_size**2, rot) as DALLE-pytorch builds them: a 1-D rotary over text
     positions (image tokens sit far away, at 8192) and a 2-D pixel rotary over the image grid (text at -10)."""
     rot_dim = dim_head // 3
-    img_len = fmap_size**2
+    image_seq_len = fmap_size**2
     text_rot = RotaryEmbedding(dim=rot_dim)
     pixel_rot = RotaryEmbedding(dim=rot_dim, freqs_for="pixel")
-    text_freqs = torch.cat((text_rot(torch.arange(text_len)), text_rot(torch.full((img_len,), 8192))), dim=0)
+    text_freqs = torch.cat((text_rot(torch.arange(text_len)), text_rot(torch.full((image_seq_len,), 8192))), dim=0)
     axial = pixel_rot(torch.linspace(-1, 1, steps=fmap_size))
     img_freqs = broadcat((rearrange(axial, "i d -> i () d"), rearrange(axial, "j d -> () j d")), dim=-1)
     img_freqs = rearrange(img_freqs, "h w d -> (h w) d")
@@ -217,7 +217,6 @@ class Block(nn.Module):
         self.attn_scale = nn.Parameter(torch.full((1, 1, dim), eps))
         self.attn_norm = nn.LayerNorm(dim)
         self.attn = attn
-        self.sandwich_norm = sandwich_norm
         self.attn_norm_out = nn.LayerNorm(dim) if sandwich_norm else nn.Identity()
         self.ff_scale = nn.Parameter(torch.full((1, 1, dim), eps))
         self.ff_norm = nn.LayerNorm(dim)
@@ -236,18 +235,24 @@ class Block(nn.Module):
         kv = cache.layer_kv(index) if cache is not None else None
         h = self._shifted(self.attn_norm(x), start, history)
         h = self.attn(h, mask=mask, rotary=rotary, kv_cache=kv, start=start)
-        return (self.attn_norm_out(h) if self.sandwich_norm else h) * self.attn_scale
+        return self.attn_norm_out(h) * self.attn_scale
 
     def ff_branch(self, x: Tensor, start: Union[int, Tensor], cache: Optional[KVCache], index: int) -> Tensor:
         """scale * norm_out(ff(shift(norm(x))))."""
         history = cache.layer_history(index, 1) if cache is not None else None
         h = self._shifted(self.ff_norm(x), start, history)
         h = self.ff(h)
-        return (self.ff_norm_out(h) if self.sandwich_norm else h) * self.ff_scale
+        return self.ff_norm_out(h) * self.ff_scale
 
 
 class Transformer(nn.Module):
-    """A stack of `Block`s over [<bos> text ; image] (or plain) sequences, with a prebuilt mask per pattern."""
+    """A stack of `Block`s over [<bos> text ; image] (or plain) sequences, with a prebuilt mask per pattern.
+
+    seq_len: every position the stack can run, the image grid's `image_fmap_size**2` included (DALLE passes
+    1 + text_seq_len + image_seq_len: <bos>, the caption, the grid); `text_len = seq_len - image_fmap_size**2`
+    positions come before the grid (all of them without one). conv_kernel_size: the window side of the
+    convolutional patterns (default `masks.KERNEL_SIZES`).
+    """
 
     def __init__(
         self,
@@ -263,7 +268,6 @@ class Transformer(nn.Module):
         ff_dropout: float = 0.0,
         attn_types: Optional[Sequence[str]] = None,
         image_fmap_size: Optional[int] = None,
-        stable: bool = False,
         sandwich_norm: bool = False,
         shift_tokens: bool = False,
         rotary_emb: bool = True,
@@ -299,17 +303,17 @@ class Transformer(nn.Module):
             raise ValueError(f"rotary_emb rotates dim_head // 3 features per axis and needs dim_head >= 9, got {dim_head}")
         self.dim, self.depth, self.heads, self.dim_head = dim, depth, heads, dim_head
         self.causal = causal
-        self.stable = stable
         self.reversible = reversible
         # reversible residuals keep their memory promise through activation checkpointing
         self.gradient_checkpointing = gradient_checkpointing or reversible
-        img_len = 0 if image_fmap_size is None else image_fmap_size**2
-        self.text_len = seq_len + 1 - img_len if img_len else seq_len  # positions before the image (<bos> included)
-        self.total_len = self.text_len + img_len
+        image_seq_len = 0 if image_fmap_size is None else image_fmap_size**2
+        self.seq_len = seq_len
+        self.text_len = seq_len - image_seq_len  # positions before the image grid (<bos> included)
         self.image_fmap_size = image_fmap_size
         if self.text_len < 1:
-            raise ValueError(f"seq_len={seq_len} is shorter than the image grid ({img_len} positions from "
-                             f"image_fmap_size={image_fmap_size}); it must count text and image positions")
+            raise ValueError(f"seq_len={seq_len} leaves no position before the image grid ({image_seq_len} "
+                             f"positions from image_fmap_size={image_fmap_size}): it counts <bos>, the text and "
+                             "the grid")
 
         layer_types = list(islice(cycle(attn_types), depth))
         if causal:  # before building anything that size
@@ -335,10 +339,9 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(blocks)
         self.attn_types = sorted(set(layer_types))
 
-        kernel = {"conv_like": default(conv_kernel_size, 5), "conv": default(conv_kernel_size, 11)}
         for t in set(layer_types):
             if causal and t != "full":
-                mask = attention_mask(t, self.text_len, image_fmap_size, kernel_size=kernel.get(t, 5),
+                mask = attention_mask(t, self.text_len, image_fmap_size, kernel_size=conv_kernel_size,
                                       dilation=conv_dilation)
                 self.register_buffer(f"mask_{t}", mask, persistent=False)
         if causal:
@@ -388,7 +391,7 @@ class Transformer(nn.Module):
             dtype = ref.dtype
             dtype = autocast_dtype(torch.device(device).type) or dtype
         return KVCache.allocate(num_layers=self.depth, batch=batch, heads=self.heads, dim_head=self.dim_head,
-                                max_len=self.total_len, dim=self.dim, shift_tokens=self.shift is not None,
+                                max_len=self.seq_len, dim=self.dim, shift_tokens=self.shift is not None,
                                 device=device, dtype=dtype)
 
     def forward(self, x: Tensor, *, start: int = 0, cache: Optional[KVCache] = None,
@@ -396,8 +399,8 @@ class Transformer(nn.Module):
         """Run positions [start, start + n) of `x` (B, n, dim); with a cache, earlier positions come from it."""
         n = x.shape[1]
         end = start + n
-        if end > self.total_len:
-            raise ValueError(f"sequence of {end} positions exceeds the transformer's {self.total_len}")
+        if end > self.seq_len:
+            raise ValueError(f"sequence of {end} positions exceeds the transformer's {self.seq_len}")
         if start > 0 and cache is None:
             raise ValueError("start > 0 needs the cache holding the earlier positions")
         rotary = self.rotary[start:end] if self.rotary_emb else None

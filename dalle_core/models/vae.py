@@ -97,11 +97,7 @@ class DiscreteVAE(PretrainedMixin, nn.Module, register=True):
     codes to spread over the codebook. Without them (the reference: no KL, no entropy terms) a plain Adam loop
     collapses the codebook to a few codes. A KL(q || uniform) weight (`kl_div_loss_weight`, 0 by default, the
     reference's) also keeps codes in use, but by flattening every position's posterior, so that the argmax
-    codes a DALLE learns from are close to coin tosses: on scikit-learn's digits (`benchmarks/real_data.py`)
-    a KL weight of 0.01 used 66% of 256 codes, with a mean chosen-code probability of 0.02 (a 600-step
-    probe), and its DALLE followed the caption in 24% of plain samples against the reference's 47%. Measured
-    numbers for the entropy defaults are in the README's "Learning on real data"; on the demo's shapes data
-    they did worse than a KL weight of 0.01, which the demo keeps.
+    codes a DALLE learns from are close to coin tosses (docs/measurements.md has the numbers and commands).
 
     Args:
         image_size: image side in pixels (a power of 2).

@@ -1,8 +1,8 @@
 """`Linear`: `nn.Linear` that can run on a weight prepacked for oneDNN while sampling on the CPU.
 
 Decoding multiplies a few rows (the batch) by every weight once per token. MKL's general GEMM is slow at that
-shape; oneDNN's, on a weight reordered once into its blocked layout, takes about half the time (2048x256 at 4
-rows: 107 us -> 59 us on the project's 2-core CPU). `prepacked(module, batch)` packs every `Linear` of a module
+shape; oneDNN's, on a weight reordered once into its blocked layout, is faster (docs/measurements.md,
+`benchmarks/prepacked_linear.py`). `prepacked(module, batch)` packs every `Linear` of a module
 for the length of a `with` block and drops the packs when it ends, so a pack never outlives the weights it was
 made from: sampling runs under `torch.inference_mode()`, where the weights cannot change. Outside such a block,
 with autograd or under autocast, `Linear` is exactly `nn.Linear`.

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..utils import check_float
 from ..models.dalle import DALLE
-from ..sampling import check_sampling_args
+from ..sampling import DEFAULT_FILTER_THRES, check_sampling_args
 from ..interop import load_dalle_pytorch_vae
 from ..models.vae import DiscreteVAE
 from ..tokenizers import find_tokenizer, load_tokenizer, save_tokenizer
@@ -54,7 +54,7 @@ class DALLETrainConfig(TrainConfig):
     sample_captions: Optional[Tuple[str, ...]] = option(None, "captions for the sample grids (default: the "
                                                               "first num_samples captions of the data)")
     sample_cond_scale: float = option(1.0, "classifier-free guidance scale for the sample grids")
-    sample_filter_thres: float = option(0.9, "top-k filter for the sample grids (keep the top 1 - thres)")
+    sample_filter_thres: float = option(DEFAULT_FILTER_THRES, "top-k filter for the sample grids (keep the top 1 - thres)")
     sample_temperature: float = option(1.0, "sampling temperature for the sample grids")
 
     def validate(self) -> None:
