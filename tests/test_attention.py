@@ -13,23 +13,23 @@ from dalle_core.models.masks import attention_mask
 @pytest.mark.parametrize("axis, attn_type", [(0, "axial_row"), (1, "axial_col")])
 @pytest.mark.parametrize("num_image", [1, 5, 15, 16])
 def test_axial_attention_equals_masked_sdpa(axis, attn_type, num_image):
-    text_len, fmap = 5, 4
-    n = text_len + num_image
+    text_positions, fmap = 5, 4
+    n = text_positions + num_image
     q, k, v = torch.randn(3, 2, 3, n, 8).unbind(0)
-    mask = attention_mask(attn_type, text_len, fmap)[:n, :n]
+    mask = attention_mask(attn_type, text_positions, fmap)[:n, :n]
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    got = axial_attention(q, k, v, AxialPattern(text_len, fmap, axis))
+    got = axial_attention(q, k, v, AxialPattern(text_positions, fmap, axis))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_axial_attention_gradients_equal_masked_sdpa():
-    text_len, fmap, n = 4, 4, 19
+    text_positions, fmap, n = 4, 4, 19
     qkv = torch.randn(3, 2, 2, n, 8, requires_grad=True)
-    mask = attention_mask("axial_col", text_len, fmap)[:n, :n]
+    mask = attention_mask("axial_col", text_positions, fmap)[:n, :n]
     F.scaled_dot_product_attention(*qkv.unbind(0), attn_mask=mask).square().sum().backward()
     expected = qkv.grad.clone()
     qkv.grad = None
-    axial_attention(*qkv.unbind(0), AxialPattern(text_len, fmap, 1)).square().sum().backward()
+    axial_attention(*qkv.unbind(0), AxialPattern(text_positions, fmap, 1)).square().sum().backward()
     torch.testing.assert_close(qkv.grad, expected, atol=1e-5, rtol=1e-5)
 
 

@@ -371,3 +371,26 @@ def test_training_state_rejects_bad_input_and_reports_mismatches(tmp_path):
     two_groups = torch.optim.AdamW([{"params": [model.weight]}, {"params": [model.bias]}])
     with pytest.raises(CheckpointError, match="saved optimizer state does not fit"):
         load_training_state(tmp_path, optimizer=two_groups)
+
+
+# --- models saved by earlier versions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["0.1.0"])  # 0.1.0: before the package was laid out by role
+def test_models_saved_by_an_earlier_version_load_and_give_the_same_outputs(version):
+    """tests/fixtures/saved_VERSION: made by tests/reference/make_saved_models.py run on that version's code."""
+    from helpers import FIXTURE_DIR
+
+    from dalle_core import CLIP, DALLE, DiscreteVAE
+
+    folder = FIXTURE_DIR / f"saved_{version}"
+    expected = torch.load(folder / "expected.pt", weights_only=True)
+    vae, clip = DiscreteVAE.from_pretrained(folder / "vae"), CLIP.from_pretrained(folder / "clip")
+    dalle = DALLE.from_pretrained(folder / "dalle")
+    with torch.no_grad():
+        assert torch.equal(vae.get_codebook_indices(expected["images"]), expected["vae_codes"])
+        torch.testing.assert_close(vae.decode(expected["codes"]), expected["vae_decoded"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(dalle(expected["text"], expected["codes"]), expected["dalle_logits"],
+                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(clip(expected["text"], expected["images"]), expected["clip_scores"],
+                                   atol=1e-5, rtol=0)

@@ -156,6 +156,13 @@ def test_a_run_saved_under_the_older_vae_option_names_reads_under_the_model_keyw
     assert config.kl_div_loss_weight == 0.25 and config.temperature == VAETrainConfig().temperature
 
 
+def test_a_run_saved_with_the_removed_debug_record_option_still_reads(tmp_path):
+    saved = {**config_to_dict(VAETrainConfig(steps=7)), "debug_record": True}  # now a trainer callback
+    (tmp_path / "train_config.json").write_text(json.dumps({"config": saved}))
+    loaded = load_config_file(VAETrainConfig, tmp_path / "train_config.json")
+    assert config_to_dict(loaded) == config_to_dict(VAETrainConfig(steps=7))
+
+
 # --- config recording ------------------------------------------------------------------------------------------
 
 

@@ -145,7 +145,7 @@ def _picture(text: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("attn_type", sorted(PICTURES))
 def test_mask_matches_picture(attn_type):
-    mask = attention_mask(attn_type, text_len=6, fmap_size=4, kernel_size=KERNELS.get(attn_type, 5))
+    mask = attention_mask(attn_type, text_positions=6, fmap_size=4, kernel_size=KERNELS.get(attn_type, 5))
     assert torch.equal(mask, _picture(PICTURES[attn_type]))
 
 
@@ -155,7 +155,7 @@ def test_paper_column_mask_is_dalle_pytorch_axial_col():
 
 @pytest.mark.parametrize("attn_type", ATTN_TYPES)
 def test_every_pattern_is_causal_text_causal_and_image_sees_all_text(attn_type):
-    mask = attention_mask(attn_type, text_len=5, fmap_size=6, kernel_size=5)
+    mask = attention_mask(attn_type, text_positions=5, fmap_size=6, kernel_size=5)
     assert not mask.triu(1).any()  # nothing from the future
     assert mask[:5, :5].equal(torch.ones(5, 5, dtype=torch.bool).tril())
     assert mask[5:, :5].all()

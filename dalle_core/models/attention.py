@@ -36,10 +36,10 @@ def apply_rotary(t: Tensor, rotations: Tensor) -> Tensor:
 
 
 class AxialPattern(NamedTuple):
-    """Row (axis 0) or column (axis 1) attention over a `fmap_size` x `fmap_size` image after `text_len` positions:
+    """Row (axis 0) or column (axis 1) attention over a `fmap_size` x `fmap_size` image after `text_positions`:
     image tokens see all text and the earlier tokens of their own row or column; text is causal."""
 
-    text_len: int
+    text_positions: int
     fmap_size: int
     axis: int
 
@@ -47,7 +47,7 @@ class AxialPattern(NamedTuple):
 def axial_attention(q: Tensor, k: Tensor, v: Tensor, pattern: AxialPattern) -> Tensor:
     """SDPA for an axial pattern over whole sequences (B, h, n, d) starting at position 0, computing only the
     visible blocks: text against text, and each image row (or column) against [text ; that row]."""
-    t, f = pattern.text_len, pattern.fmap_size
+    t, f = pattern.text_positions, pattern.fmap_size
     n = q.shape[-2]
     text_out = F.scaled_dot_product_attention(q[..., :t, :], k[..., :t, :], v[..., :t, :], is_causal=True)
     if n <= t:

@@ -116,7 +116,7 @@ class DALLE(PretrainedMixin, DALLESampling, nn.Module, register=True):
         fmap_size = vae.image_size // (2**vae.num_layers)
         # refuse a sequence whose masks and tables would not fit before allocating any weight
         layer_types = [str(t) for t in cast_tuple(default(attn_types, ("full",)))]
-        check_buffer_bytes(text_len=text_seq_len + 1, fmap_size=fmap_size, dim=dim, dim_head=dim_head,
+        check_buffer_bytes(text_positions=text_seq_len + 1, fmap_size=fmap_size, dim=dim, dim_head=dim_head,
                            attn_types=layer_types[:depth], rotary=bool(rotary_emb), shift=bool(shift_tokens))
         self.image_fmap_size = fmap_size
         self.text_seq_len = text_seq_len

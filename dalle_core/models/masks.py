@@ -59,21 +59,22 @@ def image_visibility(attn_type: str, fmap_size: int, *, kernel_size: Optional[in
 
 def attention_mask(
     attn_type: str,
-    text_len: int,
+    text_positions: int,
     fmap_size: Optional[int],
     *,
     kernel_size: Optional[int] = None,
     dilation: int = 1,
 ) -> Tensor:
-    """Full (text_len + fmap_size**2) square visibility mask for one attention pattern.
+    """Full (text_positions + fmap_size**2) square visibility mask for one attention pattern.
 
-    `text_len` counts every position before the first image token (the `<bos>` included).
+    `text_positions` counts every position before the first image token (the `<bos>` included).
     """
     if attn_type != "full" and fmap_size is None:
         raise ValueError(f"attention type {attn_type!r} needs image_fmap_size")
     image_seq_len = 0 if fmap_size is None else fmap_size * fmap_size
-    total = text_len + image_seq_len
+    total = text_positions + image_seq_len
     mask = torch.ones(total, total, dtype=torch.bool).tril_()
     if image_seq_len and attn_type != "full":
-        mask[text_len:, text_len:] = image_visibility(attn_type, fmap_size, kernel_size=kernel_size, dilation=dilation)
+        t = text_positions
+        mask[t:, t:] = image_visibility(attn_type, fmap_size, kernel_size=kernel_size, dilation=dilation)
     return mask

@@ -28,12 +28,12 @@ __all__ = ["Transformer", "FeedForward", "TokenShift", "DivideMax", "dalle_rotar
 
 
 
-def buffer_bytes(*, text_len: int, fmap_size: Optional[int], dim: int, dim_head: int, attn_types: Sequence[str],
+def buffer_bytes(*, text_positions: int, fmap_size: Optional[int], dim: int, dim_head: int, attn_types: Sequence[str],
                  rotary: bool, shift: bool) -> int:
     """Bytes of the non-persistent tables a causal `Transformer` builds, with the largest temporary that
     building one of its masks needs."""
     image_seq_len = 0 if fmap_size is None else fmap_size**2
-    n = text_len + image_seq_len
+    n = text_positions + image_seq_len
     patterns = set(attn_types) | {"full"}
     total = len(patterns) * n * n  # one dense (n, n) bool mask per pattern
     # `image_visibility` temporaries: int64 offsets for the convolutions, a few bool grids for the others
@@ -50,10 +50,10 @@ def check_buffer_bytes(**sizes: Any) -> None:
     """Refuse (ValueError naming the sizes) a configuration whose precomputed tables exceed MAX_BUFFER_BYTES."""
     need = buffer_bytes(**sizes)
     if need > MAX_BUFFER_BYTES:
-        text_len, fmap_size = sizes["text_len"], sizes.get("fmap_size") or 0
+        text_positions, fmap_size = sizes["text_positions"], sizes.get("fmap_size") or 0
         raise ValueError(
-            f"sequence too long: {text_len} text positions and a {fmap_size}x{fmap_size} image grid "
-            f"({text_len + fmap_size**2} positions in all) need {need / 2**30:.1f} GiB of precomputed attention "
+            f"sequence too long: {text_positions} text positions and a {fmap_size}x{fmap_size} image grid "
+            f"({text_positions + fmap_size**2} positions in all) need {need / 2**30:.1f} GiB of precomputed attention "
             f"masks and position tables, more than the {MAX_BUFFER_BYTES / 2**30:.0f} GiB allowed (they grow with "
             "the square of the length): use a smaller image grid (vae image_size / 2**num_layers) or a shorter "
             "text_seq_len / seq_len")
@@ -122,14 +122,14 @@ class TokenShift(nn.Module):
     (zeros at the image's top row and left column). Works on whole sequences and on cached chunks alike.
     """
 
-    def __init__(self, dim: int, text_len: int, fmap_size: int):
+    def __init__(self, dim: int, text_positions: int, fmap_size: int):
         super().__init__()
-        self.text_len = text_len
+        self.text_positions = text_positions
         self.half = math.ceil(dim / 2)  # torch.chunk(2) sizes
         self.quarter = math.ceil(dim / 4)  # torch.chunk(4) sizes
-        pos = torch.arange(text_len + fmap_size**2)
-        img = (pos - text_len).clamp(min=0)
-        is_img = pos >= text_len
+        pos = torch.arange(text_positions + fmap_size**2)
+        img = (pos - text_positions).clamp(min=0)
+        is_img = pos >= text_positions
         left = torch.where(is_img & (img % fmap_size == 0), -1, pos - 1)
         top = torch.where(is_img & (img >= fmap_size), pos - fmap_size, -1)
         # indices into a history whose row 0 is zeros (position p lives at row p + 1)
@@ -161,7 +161,7 @@ class TokenShift(nn.Module):
         else:
             history[:, 1 + start : 1 + end] = x
         left = history.index_select(1, self.left_src[start:end])
-        num_text = max(min(end, self.text_len) - start, 0)
+        num_text = max(min(end, self.text_positions) - start, 0)
         parts = []
         if num_text > 0:
             parts.append(torch.cat((left[:, :num_text, :h], x[:, :num_text, h:]), dim=-1))
@@ -183,18 +183,18 @@ class TokenShift(nn.Module):
 
 
 @torch.no_grad()
-def dalle_rotary_table(dim_head: int, text_len: int, fmap_size: int) -> Tensor:
-    """Rotary frequencies (text_len + fmap_size**2, rot) as DALLE-pytorch builds them: a 1-D rotary over text
+def dalle_rotary_table(dim_head: int, text_positions: int, fmap_size: int) -> Tensor:
+    """Rotary frequencies (text_positions + fmap_size**2, rot) as DALLE-pytorch builds them: a 1-D rotary over text
     positions (image tokens sit far away, at 8192) and a 2-D pixel rotary over the image grid (text at -10)."""
     rot_dim = dim_head // 3
     image_seq_len = fmap_size**2
     text_rot = RotaryEmbedding(dim=rot_dim)
     pixel_rot = RotaryEmbedding(dim=rot_dim, freqs_for="pixel")
-    text_freqs = torch.cat((text_rot(torch.arange(text_len)), text_rot(torch.full((image_seq_len,), 8192))), dim=0)
+    text_freqs = torch.cat((text_rot(torch.arange(text_positions)), text_rot(torch.full((image_seq_len,), 8192))))
     axial = pixel_rot(torch.linspace(-1, 1, steps=fmap_size))
     img_freqs = broadcat((rearrange(axial, "i d -> i () d"), rearrange(axial, "j d -> () j d")), dim=-1)
     img_freqs = rearrange(img_freqs, "h w d -> (h w) d")
-    text_axial = pixel_rot(torch.full((text_len,), -10.0))
+    text_axial = pixel_rot(torch.full((text_positions,), -10.0))
     img_freqs = torch.cat((torch.cat((text_axial, text_axial), dim=-1), img_freqs), dim=0)
     return torch.cat((text_freqs, img_freqs), dim=-1).detach()
 
@@ -249,7 +249,7 @@ class Transformer(nn.Module):
     """A stack of `Block`s over [<bos> text ; image] (or plain) sequences, with a prebuilt mask per pattern.
 
     seq_len: every position the stack can run, the image grid's `image_fmap_size**2` included (DALLE passes
-    1 + text_seq_len + image_seq_len: <bos>, the caption, the grid); `text_len = seq_len - image_fmap_size**2`
+    1 + text_seq_len + image_seq_len: <bos>, the caption, the grid); `text_positions = seq_len - image_fmap_size**2`
     positions come before the grid (all of them without one). conv_kernel_size: the window side of the
     convolutional patterns (default `masks.KERNEL_SIZES`).
     """
@@ -308,18 +308,18 @@ class Transformer(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing or reversible
         image_seq_len = 0 if image_fmap_size is None else image_fmap_size**2
         self.seq_len = seq_len
-        self.text_len = seq_len - image_seq_len  # positions before the image grid (<bos> included)
+        self.text_positions = seq_len - image_seq_len  # positions before the image grid (<bos> included)
         self.image_fmap_size = image_fmap_size
-        if self.text_len < 1:
+        if self.text_positions < 1:
             raise ValueError(f"seq_len={seq_len} leaves no position before the image grid ({image_seq_len} "
                              f"positions from image_fmap_size={image_fmap_size}): it counts <bos>, the text and "
                              "the grid")
 
         layer_types = list(islice(cycle(attn_types), depth))
         if causal:  # before building anything that size
-            check_buffer_bytes(text_len=self.text_len, fmap_size=image_fmap_size, dim=dim, dim_head=dim_head,
-                               attn_types=layer_types, rotary=rotary_emb, shift=shift_tokens)
-        self.shift = TokenShift(dim, self.text_len, image_fmap_size) if shift_tokens else None
+            check_buffer_bytes(text_positions=self.text_positions, fmap_size=image_fmap_size, dim=dim,
+                               dim_head=dim_head, attn_types=layer_types, rotary=rotary_emb, shift=shift_tokens)
+        self.shift = TokenShift(dim, self.text_positions, image_fmap_size) if shift_tokens else None
         shared_attn: Dict = {}
         shared_ff: Dict = {}
         blocks: List[Block] = []
@@ -341,17 +341,19 @@ class Transformer(nn.Module):
 
         for t in set(layer_types):
             if causal and t != "full":
-                mask = attention_mask(t, self.text_len, image_fmap_size, kernel_size=conv_kernel_size,
+                mask = attention_mask(t, self.text_positions, image_fmap_size, kernel_size=conv_kernel_size,
                                       dilation=conv_dilation)
                 self.register_buffer(f"mask_{t}", mask, persistent=False)
         if causal:
-            self.register_buffer("mask_full", attention_mask("full", self.text_len, image_fmap_size), persistent=False)
+            self.register_buffer("mask_full", attention_mask("full", self.text_positions, image_fmap_size),
+                                 persistent=False)
         self.rotary_emb = rotary_emb
         if rotary_emb:
             self.register_buffer("rotary", self._rotary_table(), persistent=False)
 
     def _rotary_table(self, device: Optional[torch.device] = None) -> Tensor:
-        table = rotary_tables(dalle_rotary_table(self.dim_head, self.text_len, self.image_fmap_size), self.dim_head)
+        frequencies = dalle_rotary_table(self.dim_head, self.text_positions, self.image_fmap_size)
+        table = rotary_tables(frequencies, self.dim_head)
         return table if device is None else table.to(device)
 
     def _apply(self, fn: Callable, recurse: bool = True) -> "Transformer":
@@ -377,9 +379,9 @@ class Transformer(nn.Module):
             return None if key_padding_mask is None else key_padding_mask[:, None, None, :end]
         if attn_type == "full" and (start == 0 or end - start == 1):
             return None  # SDPA's is_causal, or a single query that sees everything before it
-        if attn_type in ("axial_row", "axial_col", "col") and start == 0 and end > self.text_len + 1:
+        if attn_type in ("axial_row", "axial_col", "col") and start == 0 and end > self.text_positions + 1:
             # whole sequences: compute only the visible blocks instead of masking a dense product
-            return AxialPattern(self.text_len, self.image_fmap_size, 0 if attn_type == "axial_row" else 1)
+            return AxialPattern(self.text_positions, self.image_fmap_size, 0 if attn_type == "axial_row" else 1)
         return getattr(self, f"mask_{attn_type}")[start:end, :end]
 
     def allocate_cache(self, batch: int, *, device=None, dtype=None) -> KVCache:

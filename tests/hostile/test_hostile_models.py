@@ -278,7 +278,7 @@ def test_absurd_sequence_is_refused_by_the_transformer_itself():
 
 
 def test_large_legitimate_configuration_is_within_the_limit():
-    need = buffer_bytes(text_len=257, fmap_size=64, dim=1024, dim_head=64, rotary=True, shift=True,
+    need = buffer_bytes(text_positions=257, fmap_size=64, dim=1024, dim_head=64, rotary=True, shift=True,
                         attn_types=("full", "axial_row", "axial_col", "conv_like"))
     assert need < MAX_BUFFER_BYTES
 
