@@ -201,7 +201,9 @@ def _generate(args: argparse.Namespace) -> int:
         primer = load_image(args.img, dalle.vae.image_size, resize_ratio=1.0,
                             transparent=dalle.vae.channels == 4)[None].to(device)  # (1, C, H, W)
     generator = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
-    filter_thres = args.filter_thres if args.filter_thres is not None else (None if args.top_p is not None else DEFAULT_FILTER_THRES)
+    filter_thres = args.filter_thres
+    if filter_thres is None and args.top_p is None:
+        filter_thres = DEFAULT_FILTER_THRES
 
     args.out.mkdir(parents=True, exist_ok=True)
     for i, prompt in enumerate(prompts):
