@@ -91,10 +91,120 @@ def test_runs_as_a_module():
 
 
 def test_loss_plot_is_drawn_with_pillow(tmp_path):
-    demo.plot_losses(tmp_path / "l.png", {"a": [3.0, 2.0, 1.0], "b": [0.5] * 10})
+    from dalle_core.training.outputs import plot_losses
+
+    plot_losses(tmp_path / "l.png", {"a": [3.0, 2.0, 1.0], "b": [0.5] * 10, "c": [0.1]})
     with Image.open(tmp_path / "l.png") as img:
-        assert img.size == (600, 200)
+        assert img.size == (900, 200)
         assert len(img.getcolors(maxcolors=1 << 16) or ()) > 2  # more than a blank canvas
+    for curves, message in (({}, "at least one curve"), ({"a": []}, "'a' has no values"),
+                            ({"a": [1.0, float("nan")]}, "NaN or infinite")):
+        with pytest.raises(ValueError, match=message):
+            plot_losses(tmp_path / "bad.png", curves)
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_read_metrics_returns_the_metric_rows_without_events_or_cut_lines(tmp_path):
+    from dalle_core.training.outputs import MetricsLog, read_metrics
+
+    log = MetricsLog(tmp_path)
+    log.event(0, "data", usable=3)
+    log.log(1, {"loss": 2.0})
+    log.log(2, {"loss": torch.tensor(1.5)})
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 3, "lo')  # a crash mid-line
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl not found"):
+        read_metrics(tmp_path / "missing")
+
+
+def test_demo_configs_build_the_demo_models(tmp_path):
+    """The trainers' configs build exactly the models the demo built itself before it used the trainers."""
+    from dalle_core import CLIP, DALLE, DiscreteVAE
+
+    for size in (32, 64):
+        cfg = demo.DemoConfig(image_size=size)
+        vae_cfg = demo.vae_config(cfg, tmp_path / "vae")
+        vae = DiscreteVAE(**vae_cfg.model_kwargs())
+        expected = DiscreteVAE(image_size=size, num_layers={32: 2, 64: 3}[size], num_tokens=128, codebook_dim=64,
+                               hidden_dim=32, kl_div_loss_weight=0.01, entropy_loss_weight=0.0)
+        assert vae.config == expected.config and vae.fmap_size == 8
+        # DiscreteVAE's own fixed temperature and a constant KL weight: the trainer anneals and warms up nothing
+        assert {vae_cfg.temperature_at(s) for s in (0, 700, 1500)} == {expected.temperature}
+        assert {vae_cfg.kl_weight_at(s) for s in (0, 700, 1500)} == {0.01}
+        dalle_cfg = demo.dalle_config(cfg, tmp_path / "dalle", tmp_path / "vae" / "model", tmp_path / "t.json", 10)
+        dalle = DALLE(vae=expected, num_text_tokens=50, **dalle_cfg.model_kwargs())
+        old = DALLE(dim=128, vae=expected, num_text_tokens=50, text_seq_len=10, depth=4, heads=4, dim_head=32)
+        assert dalle.config == old.config
+        clip_cfg = demo.clip_config(cfg, tmp_path / "clip", tmp_path / "t.json", 10)
+        clip = CLIP(num_text_tokens=50, **clip_cfg.model_kwargs())
+        old = CLIP(dim_text=128, dim_image=128, dim_latent=128, num_text_tokens=50, text_enc_depth=2, text_seq_len=10,
+                   text_heads=4, visual_enc_depth=2, visual_heads=4, visual_image_size=size,
+                   visual_patch_size=size // 4)
+        assert clip.config == old.config
+
+
+def test_demo_training_options_keep_its_schedule(tmp_path):
+    """Learning rates, batch sizes and weight decay as before; warm-up over 5% of the steps, cosine to a tenth;
+    no clipping, no EMA, no sample grids; every step's loss logged; one checkpoint, at the end."""
+    cfg = demo.DemoConfig()
+    tok = tmp_path / "t.json"
+    configs = {"vae": (demo.vae_config(cfg, tmp_path), cfg.vae_steps, 64, 2e-3, 0.0),
+               "dalle": (demo.dalle_config(cfg, tmp_path, tmp_path, tok, 10), cfg.dalle_steps, 32, 5e-3, 0.01),
+               "clip": (demo.clip_config(cfg, tmp_path, tok, 10), cfg.clip_steps, 128, 1e-3, 0.01)}
+    for name, (config, steps, batch, lr, decay) in configs.items():
+        assert (config.steps, config.batch_size, config.lr, config.weight_decay) == (steps, batch, lr, decay), name
+        assert config.warmup_steps == steps // 20 and config.min_lr_ratio == 0.1
+        assert config.max_grad_norm == 0 and config.ema_decay == 0 and config.sample_every == 0
+        assert config.log_every == 1 and config.save_every == steps and config.cpu and config.seed == cfg.seed
+    assert configs["dalle"][0].null_cond_prob == 0.1
+
+
+def test_quick_demo_trains_through_the_library_trainers(quick_run):
+    from dalle_core import CLIP, DALLE, DiscreteVAE
+
+    out, summary = quick_run
+    runs, cfg = out / "runs", summary["config"]
+    curves = json.loads((out / "losses.json").read_text())
+    for kind, name, cls in (("vae", "dVAE", DiscreteVAE), ("dalle", "DALLE", DALLE), ("clip", "CLIP", CLIP)):
+        saved = json.loads((runs / kind / "train_config.json").read_text())
+        assert saved["trainer"] == kind and saved["config"]["steps"] == cfg[f"{kind}_steps"]
+        rows = [json.loads(line) for line in (runs / kind / "metrics.jsonl").read_text().splitlines()]
+        losses = [row["loss"] for row in rows if "loss" in row]
+        assert losses == curves[name] and len(losses) == cfg[f"{kind}_steps"]
+        assert list((runs / kind / "checkpoints").iterdir())  # the final checkpoint
+        trained, kept = cls.from_pretrained(runs / kind / "model"), cls.from_pretrained(out / "models" / kind)
+        assert trained.config == kept.config
+        for (key, a), (_, b) in zip(trained.state_dict().items(), kept.state_dict().items()):
+            assert torch.equal(a, b), (kind, key)
+    for kind in ("dalle", "clip"):
+        assert (runs / kind / "model" / "tokenizer.json").read_text() == \
+            (out / "models" / kind / "tokenizer.json").read_text()
+    assert summary["dalle"]["final_loss"] == pytest.approx(sum(curves["DALLE"][-50:]) / len(curves["DALLE"][-50:]))
+
+
+def test_fresh_run_dir_replaces_only_an_earlier_demo_run_of_the_same_kind(tmp_path):
+    run = tmp_path / "vae"
+    assert demo.fresh_run_dir(run, "vae") == run and not run.exists()  # absent: nothing to do
+    run.mkdir()
+    demo.fresh_run_dir(run, "vae")  # empty: kept
+    assert run.is_dir()
+    (run / "train_config.json").write_text(json.dumps({"trainer": "vae", "config": {}}))
+    (run / "metrics.jsonl").write_text("{}\n")
+    demo.fresh_run_dir(run, "vae")
+    assert not run.exists()
+    run.mkdir()
+    (run / "train_config.json").write_text(json.dumps({"trainer": "clip", "config": {}}))
+    with pytest.raises(ValueError, match="not a demo vae run"):
+        demo.fresh_run_dir(run, "vae")
+    (run / "train_config.json").unlink()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a demo vae run"):
+        demo.fresh_run_dir(run, "vae")
+    assert (run / "notes.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a plain directory"):
+        demo.fresh_run_dir(tmp_path / "file", "vae")
 
 
 def test_quick_demo_saves_models_that_dalle_core_generate_reads(quick_run, tmp_path):

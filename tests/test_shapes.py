@@ -78,6 +78,19 @@ def test_every_caption_fits_the_length_bound():
         shapes.caption_length_bound(relations=False)
 
 
+def test_captions_are_enumerated_on_first_use_not_at_import():
+    import subprocess
+    import sys
+
+    probe = ("from dalle_core.demo import shapes; before = shapes._all_captions.cache_info().currsize; "
+             "bound = shapes.MAX_CAPTION_LEN; print(before, bound, shapes._all_captions.cache_info().currsize)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    before, bound, after = map(int, done.stdout.split())
+    assert before == 0 and after == 1 and bound == shapes.caption_length_bound() == ShapesDataset(1).text_len
+    with pytest.raises(AttributeError, match="NO_SUCH_NAME"):
+        shapes.NO_SUCH_NAME
+
+
 def test_dataset_items_are_tokenized_captions_and_images():
     ds = ShapesDataset(5, image_size=16, text_len=80)
     text, image = ds[0]

@@ -2,32 +2,41 @@
 
     dalle-core demo [--out outputs/demo] [--quick] [--steps-scale 2] [--image-size 64]   (or python -m dalle_core.demo)
 
-It renders captioned shapes (`dalle_core.demo.shapes`), trains the three models with plain AdamW loops, generates
-images for captions of seen colour-shape pairs and of held-out pairs never shown in training (plain sampling,
-classifier-free guidance, CLIP best-of-4, both), asks the shapes checker whether each image shows its caption,
-and writes to --out: reconstructions.png, generations_seen.png, generations_heldout.png, losses.png,
-losses.json, summary.json (also printed) and the trained models in models/ (for `dalle-core generate`).
+It renders captioned shapes (`dalle_core.demo.shapes`), trains the three models with the library's trainers
+(`dalle_core.training.train_vae`, `train_dalle`, `train_clip`, on the rendered pictures held in memory),
+generates images for captions of seen colour-shape pairs and of held-out pairs never shown in training (plain
+sampling, classifier-free guidance, CLIP best-of-4, both), asks the shapes checker whether each image shows its
+caption, and writes to --out: reconstructions.png, generations_seen.png, generations_heldout.png, losses.png,
+losses.json, summary.json (also printed), the three training runs in runs/vae, runs/dalle and runs/clip
+(train_config.json, metrics.jsonl, the final checkpoint and model/; a rerun into the same --out replaces them)
+and the trained models in models/ (for `dalle-core generate`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
-from tqdm.auto import tqdm
+from torch.utils.data import TensorDataset
 
 from . import shapes
 from ..models.clip import CLIP
 from ..data.images import to_pil
 from ..models.dalle import DALLE
-from ..models.vae import DiscreteVAE, codebook_usage
+from ..models.vae import codebook_usage
+from ..tokenizers import save_tokenizer
+from ..training import (CLIPTrainConfig, DALLETrainConfig, VAETrainConfig, train_clip, train_dalle,
+                        train_vae)
+from ..training.common import RUN_CONFIG_NAME
+from ..training.outputs import plot_losses, read_metrics
 
 __all__ = ["DemoConfig", "main", "run"]
 
@@ -51,20 +60,16 @@ class DemoConfig:
     eval_prompts: int = 200  # generations per (prompt set, setting)
     vae_steps: int = 1500
     dalle_steps: int = 2000
-    clip_steps: int = 1200  # measured (six colours): best-of-4 97% seen, 76% held-out; 95.5% and 73% at 600 steps
+    clip_steps: int = 1200  # half as many rerank worse (measured: docs/demo_measurements.md)
     batch_size: int = 64  # dVAE and CLIP (CLIP takes twice this: more negatives per step)
     dalle_batch_size: int = 32
-    dalle_lr: float = 5e-3  # measured on this data: 5e-3 > 3e-3 > 1e-3 after 2000 steps (2500 steps: held-out worse)
-    # measured on a fresh prompt set (seed 7), guided, seen / held-out: 96.5% / 89% at 1.5, 96.5% / 85.5% at 2,
-    # 84% / 72% at 3 (the samples overshoot)
-    cond_scale: float = 1.5
+    dalle_lr: float = 5e-3  # the best of 1e-3, 3e-3 and 5e-3 here (docs/demo_measurements.md)
+    cond_scale: float = 1.5  # chosen on a fresh prompt set; 2 and 3 overshoot (docs/demo_measurements.md)
     filter_thres: float = 0.9  # top-k sampling keeps the 10% most likely codes
-    temperature: float = 0.7  # measured (six colours): beats 1.0 by 3-10 points, most on held-out; 0.4-0.55 no better
+    temperature: float = 0.7  # beats 1.0, most on held-out pairs (docs/demo_measurements.md)
     candidates: int = 4  # CLIP reranking: best of this many
-    # The dVAE's loss: KL(q || uniform) with weight 0.01 and no entropy terms, not DiscreteVAE's entropy defaults
-    # (which learn the digits of benchmarks/real_data.py better). Measured on this data, default run: with the
-    # entropy defaults 15% of the 128 codes were in use, 91.6% of reconstructions passed the checker and held-out
-    # pairs came out right in 39% of plain samples (seen: 93%), against 73%, 94.9% and 78.5% (96%) with these.
+    # the dVAE's loss: KL(q || uniform) with weight 0.01 and no entropy terms, not DiscreteVAE's entropy defaults,
+    # which use far fewer codes on this data (docs/demo_measurements.md)
     vae_kl_weight: float = 0.01
     vae_entropy_weight: float = 0.0
     seed: int = 0
@@ -92,55 +97,73 @@ def render_set(n: int, split: str, seed: int, image_size: int) -> Tuple[List[str
 
 # --- training ------------------------------------------------------------------------------------------------------
 
-def train(name: str, model: torch.nn.Module, loss_fn: Callable[[Tensor], Tensor], num_items: int, steps: int,
-          batch_size: int, lr: float, weight_decay: float = 0.0) -> List[float]:
-    """A plain AdamW loop over random minibatches of item indices; returns the loss of every step."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    # linear warm-up, then cosine decay to a tenth: steadier for the transformers at these short schedules
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))))
-    losses: List[float] = []
-    model.train()
-    with tqdm(range(steps), desc=name, unit="step", mininterval=1.0) as bar:
-        for step in bar:
-            loss = loss_fn(torch.randint(0, num_items, (batch_size,)))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
-    model.eval()
+def _optim(steps: int, batch_size: int, lr: float, weight_decay: float) -> Dict[str, Any]:
+    """The trainer options every demo model shares: AdamW (weight decay on matrices and embeddings only), a linear
+    warm-up over the first 5% of the steps, then a cosine decay to a tenth (steadier for the transformers at
+    these short schedules); no gradient clipping, no EMA, no sample grids; the loss logged at every step (for
+    losses.png) and one checkpoint, at the end; on the CPU, where the demo evaluates the models."""
+    return dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=steps // 20,
+                min_lr_ratio=0.1, max_grad_norm=0.0, ema_decay=0.0, sample_every=0, log_every=1, save_every=steps,
+                keep_checkpoints=1, cpu=True)
+
+
+def vae_config(cfg: DemoConfig, out: Path) -> VAETrainConfig:
+    """The demo's dVAE and its training: an 8x8 code grid at every image size (4x4 pixels a code at 32, 8x8 at 64).
+
+    2 layers at 32 (4x4 pixels a code, enough to draw small shapes), 128 codes (the shapes have few distinct
+    patches), hidden_dim 32 (the CPU budget), no resnet blocks; DiscreteVAE's fixed temperature 0.9 and a constant
+    KL weight (no annealing, no warm-up). Why these sizes, measured: docs/demo_measurements.md.
+    """
+    return VAETrainConfig(image_size=cfg.image_size, num_layers=2 + int(math.log2(cfg.image_size // 32)),
+                          num_tokens=128, codebook_dim=64, hidden_dim=32, num_resnet_blocks=0,
+                          kl_div_loss_weight=cfg.vae_kl_weight, entropy_loss_weight=cfg.vae_entropy_weight,
+                          temperature=0.9, temp_end=0.9, temp_anneal_steps=0, kl_warmup_steps=0,
+                          **_optim(cfg.vae_steps, cfg.batch_size, lr=2e-3, weight_decay=0.0),
+                          out=str(out), seed=cfg.seed)
+
+
+def dalle_config(cfg: DemoConfig, out: Path, vae: Path, tokenizer: Path, text_len: int) -> DALLETrainConfig:
+    """The demo's DALLE over the (frozen) trained dVAE in `vae`: small enough for a CPU."""
+    return DALLETrainConfig(dim=128, depth=4, heads=4, dim_head=32, text_seq_len=text_len, vae=str(vae),
+                            tokenizer=str(tokenizer), null_cond_prob=0.1,
+                            **_optim(cfg.dalle_steps, cfg.dalle_batch_size, lr=cfg.dalle_lr, weight_decay=0.01),
+                            out=str(out), seed=cfg.seed)
+
+
+def clip_config(cfg: DemoConfig, out: Path, tokenizer: Path, text_len: int) -> CLIPTrainConfig:
+    """The demo's CLIP reranker: 4x4 patches of the image (8x8 pixels at 32), two layers per tower; batches twice
+    the dVAE's (more negatives per step)."""
+    return CLIPTrainConfig(dim_text=128, dim_image=128, dim_latent=128, text_enc_depth=2, text_seq_len=text_len,
+                           text_heads=4, visual_enc_depth=2, visual_heads=4, visual_image_size=cfg.image_size,
+                           visual_patch_size=cfg.image_size // 4, tokenizer=str(tokenizer),
+                           **_optim(cfg.clip_steps, cfg.batch_size * 2, lr=1e-3, weight_decay=0.01),
+                           out=str(out), seed=cfg.seed)
+
+
+def fresh_run_dir(directory: Path, kind: str) -> Path:
+    """`directory`, empty or absent, for a new `kind` run: an earlier demo run of that kind there is removed;
+    anything else raises ValueError (the demo deletes only its own runs)."""
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        raise ValueError(f"{directory} is not a plain directory (a file or a symbolic link): choose another --out")
+    if not directory.is_dir() or not any(directory.iterdir()):
+        return directory
+    try:
+        ours = json.loads((directory / RUN_CONFIG_NAME).read_text(encoding="utf-8"))["trainer"] == kind
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if not ours:
+        raise ValueError(f"{directory} holds files that are not a demo {kind} run: choose another --out or "
+                         "remove it")
+    shutil.rmtree(directory)
+    return directory
+
+
+def loss_curve(run: Path, steps: int) -> List[float]:
+    """The loss of every update of the run in `run`, read back from its metrics.jsonl (logged at every step)."""
+    losses = [row["loss"] for row in read_metrics(run) if "loss" in row]
+    if len(losses) != steps:
+        raise ValueError(f"{run}: expected the loss of each of {steps} updates in its metrics, found {len(losses)}")
     return losses
-
-
-def build_vae(cfg: DemoConfig) -> DiscreteVAE:
-    """The demo's dVAE: an 8x8 code grid at every image size (4x4 pixels a code at 32, 8x8 at 64, ...)."""
-    # Non-default settings, and why (measured on the shapes data, 1500 steps, hard-code reconstructions scored
-    # by the checker): num_layers=2 gives 4x4 pixels per code, enough to draw small shapes; 128 codes, because
-    # the shapes data has few distinct patches; hidden_dim 32 to fit the CPU budget. The loss weights are the
-    # config's (see DemoConfig.vae_kl_weight; with no term at all the codebook collapses). (hidden_dim 64, a
-    # resnet block and the paper's temperature annealing reconstruct better, 99% against 94% pass the checker, but take
-    # nearly 3x as long; measured with the earlier six colours, the DALLE over them drew seen pairs better, 96.5%
-    # against 93.5% under plain sampling, and held-out pairs no better, 49.5% against 47%.)
-    return DiscreteVAE(image_size=cfg.image_size, num_layers=2 + int(math.log2(cfg.image_size // 32)),
-                       num_tokens=128, codebook_dim=64, hidden_dim=32, kl_div_loss_weight=cfg.vae_kl_weight,
-                       entropy_loss_weight=cfg.vae_entropy_weight)
-
-
-def build_dalle(vae: DiscreteVAE, text_len: int, vocab: int) -> DALLE:
-    """The demo's DALLE over the (frozen) trained dVAE: small enough for a CPU."""
-    return DALLE(dim=128, vae=vae, num_text_tokens=vocab, text_seq_len=text_len, depth=4, heads=4, dim_head=32)
-
-
-def build_clip(cfg: DemoConfig, text_len: int, vocab: int) -> CLIP:
-    """The demo's CLIP reranker: 4x4 patches of the image (8x8 pixels at 32), two layers per tower."""
-    return CLIP(dim_text=128, dim_image=128, dim_latent=128, num_text_tokens=vocab, text_enc_depth=2,
-                text_seq_len=text_len, text_heads=4, visual_enc_depth=2, visual_heads=4,
-                visual_image_size=cfg.image_size, visual_patch_size=cfg.image_size // 4)
 
 
 # --- evaluation ----------------------------------------------------------------------------------------------------
@@ -217,35 +240,6 @@ def save_grid(path: Path, columns: Sequence[str], rows: Sequence[tuple], cell: i
     canvas.save(path)
 
 
-def plot_losses(path: Path, curves: Dict[str, List[float]], size: tuple = (300, 200)) -> None:
-    """One panel per curve: the loss per step (light) and its moving average (dark), log-scaled, drawn with Pillow."""
-    font = ImageFont.load_default()
-    w, h = size
-    canvas = Image.new("RGB", (w * len(curves), h), "white")
-    draw = ImageDraw.Draw(canvas)
-    for k, (name, losses) in enumerate(curves.items()):
-        x0, y0, x1, y1 = k * w + 40, 20, (k + 1) * w - 10, h - 25
-        logs = [math.log10(max(v, 1e-8)) for v in losses]
-        window = max(1, len(logs) // 50)
-        smooth = [sum(logs[max(0, i - window + 1): i + 1]) / len(logs[max(0, i - window + 1): i + 1]) for i in range(len(logs))]
-        lo, hi = min(logs), max(logs)
-        hi = hi if hi > lo else lo + 1
-
-        def xy(i: int, v: float) -> tuple:
-            return x0 + (x1 - x0) * i / max(1, len(logs) - 1), y1 - (y1 - y0) * (v - lo) / (hi - lo)
-
-        draw.rectangle((x0, y0, x1, y1), outline="black")
-        draw.line([xy(i, v) for i, v in enumerate(logs)], fill=(180, 200, 240), width=1)
-        draw.line([xy(i, v) for i, v in enumerate(smooth)], fill=(20, 60, 200), width=2)
-        draw.text((x0, 4), f"{name} loss (log scale)", fill="black", font=font)
-        draw.text((x1 - 60, 4), f"end {10 ** smooth[-1]:.3g}", fill="black", font=font)
-        draw.text((k * w + 2, y0), f"{10 ** hi:.2g}", fill="black", font=font)
-        draw.text((k * w + 2, y1 - 10), f"{10 ** lo:.2g}", fill="black", font=font)
-        draw.text((x0, y1 + 5), "step 0", fill="black", font=font)
-        draw.text((x1 - 50, y1 + 5), f"{len(logs)}", fill="black", font=font)
-    canvas.save(path)
-
-
 # --- the run -------------------------------------------------------------------------------------------------------
 
 def run(cfg: DemoConfig, out: Path) -> dict:
@@ -264,28 +258,33 @@ def run(cfg: DemoConfig, out: Path) -> dict:
 
     captions, images = render_set(cfg.train_images, "train", cfg.seed, cfg.image_size)
     text = tokenizer.tokenize(captions, text_len)  # (N, text_len)
+    pairs = TensorDataset(text, images)  # the (caption ids, image) items the trainers read instead of a folder
     # "seen": new captions and renders, of colour-shape pairs seen in training; "heldout": pairs never seen
     prompts = {name: render_set(cfg.eval_prompts, split, cfg.seed + 1, cfg.image_size)
                for name, split in (("seen", "train"), ("heldout", "heldout"))}
+    runs = out / "runs"
+    for kind in ("vae", "dalle", "clip"):
+        fresh_run_dir(runs / kind, kind)
+    runs.mkdir(parents=True, exist_ok=True)
+    tokenizer_file = save_tokenizer(tokenizer, runs)  # read by the DALLE and CLIP trainers, saved with their models
     lap("data")
 
-    vae = build_vae(cfg)
-    curves = {"dVAE": train("dVAE", vae, lambda i: vae(images[i], return_loss=True), len(images), cfg.vae_steps,
-                            cfg.batch_size, lr=2e-3)}
+    vae = train_vae(vae_config(cfg, runs / "vae"), dataset=pairs).eval()
+    curves = {"dVAE": loss_curve(runs / "vae", cfg.vae_steps)}
     lap("vae")
-    codes = torch.cat([vae.get_codebook_indices(chunk) for chunk in images.split(500)])  # (N, fmap**2)
+    with torch.no_grad():
+        codes = torch.cat([vae.get_codebook_indices(chunk) for chunk in images.split(500)])  # (N, fmap**2)
+        recon = vae.decode(codes[:2000])
     usage = codebook_usage(codes, vae.num_tokens)  # over every training image
-    recon = vae.decode(codes[:2000])
     recon_score = score(captions[:2000], recon)
     lap("encode")
 
-    dalle = build_dalle(vae, text_len, tokenizer.vocab_size)
-    curves["DALLE"] = train("DALLE", dalle, lambda i: dalle(text[i], codes[i], return_loss=True, null_cond_prob=0.1),
-                            len(text), cfg.dalle_steps, cfg.dalle_batch_size, lr=cfg.dalle_lr, weight_decay=0.01)
+    dalle = train_dalle(dalle_config(cfg, runs / "dalle", runs / "vae" / "model", tokenizer_file, text_len),
+                        dataset=pairs).eval()
+    curves["DALLE"] = loss_curve(runs / "dalle", cfg.dalle_steps)
     lap("dalle")
-    clip = build_clip(cfg, text_len, tokenizer.vocab_size)
-    curves["CLIP"] = train("CLIP", clip, lambda i: clip(text[i], images[i], text_mask=text[i] != 0, return_loss=True),
-                           len(text), cfg.clip_steps, cfg.batch_size * 2, lr=1e-3, weight_decay=0.01)
+    clip = train_clip(clip_config(cfg, runs / "clip", tokenizer_file, text_len), dataset=pairs).eval()
+    curves["CLIP"] = loss_curve(runs / "clip", cfg.clip_steps)
     lap("clip")
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -302,9 +301,8 @@ def run(cfg: DemoConfig, out: Path) -> dict:
     distinct = diversity(dalle, tokenizer.tokenize(prompts["seen"][0][:8], text_len), cfg, gen)
     lap("generate_and_score")
 
-    # the trained models, ready for `dalle-core generate` (tokenizer saved beside the DALLE and the CLIP)
-    from ..training.checkpointing import save_tokenizer
-
+    # the trained models, ready for `dalle-core generate` (tokenizer saved beside the DALLE and the CLIP); the same
+    # weights as runs/*/model
     for name, model in (("vae", vae), ("dalle", dalle), ("clip", clip)):
         model.save_pretrained(out / "models" / name)
         if name != "vae":

@@ -35,9 +35,7 @@ __all__ = ["COLOURS", "SHAPES", "SIZES", "POSITIONS", "RELATIONS", "HELDOUT_PAIR
 
 # name -> RGB. Far apart as tints of white (the checker's test, `_colour_labels`): at least 18 degrees between any
 # two ink directions (255 - RGB). Eight colours, so that training shows each shape in seven colours: held-out
-# composition depends on it. Measured with the demo's models, plain sampling on held-out pairs: two runs with the
-# earlier six colours (no black or cyan; orange and yellow 14 degrees apart, the most confused) drew 47% and 61%
-# right; four runs with these eight, 72.5%, 78.5%, and with other seeds 67.5% and 76.5%.
+# composition depends on it (measured against six colours: docs/demo_measurements.md).
 COLOURS: Dict[str, Tuple[int, int, int]] = {
     "red": (220, 30, 30), "orange": (255, 125, 0), "yellow": (250, 225, 0), "green": (30, 160, 50),
     "blue": (30, 80, 230), "purple": (140, 40, 190), "black": (40, 40, 40), "cyan": (0, 190, 210),
@@ -218,26 +216,36 @@ def make_sample(seed: int, *, image_size: int = 32, split: str = "train", relati
     return scene.caption, render(scene, image_size, antialias)
 
 
-def _all_captions(relations: bool = True) -> List[str]:
-    """Every caption the generator can produce (a few thousand)."""
+@lru_cache(maxsize=None)
+def _all_captions(relations: bool = True) -> Tuple[str, ...]:
+    """Every caption the generator can produce (a few thousand), enumerated on first use."""
     phrases = [p for ps in POSITION_PHRASES.values() for p in ps]
     single = [_fill(t, colour=c, shape=s, size=z, pos=p) for t in _SINGLE_TEMPLATES for c in COLOURS
               for s in SHAPES for z in SIZES for p in phrases]
     pair = [_fill(t, colour1=c, shape1=s, rel=r, colour2=c, shape2=s) for t in _RELATION_TEMPLATES
             for c in COLOURS for s in SHAPES for r in RELATIONS.values()]
-    return single + pair if relations else single
+    return tuple(single + pair if relations else single)
+
+
+@lru_cache(maxsize=None)
+def _byte_length_bound(relations: bool) -> int:
+    return max(len(c.encode("utf-8")) for c in _all_captions(relations))
 
 
 def caption_length_bound(relations: bool = True, tokenizer: Optional[Tokenizer] = None) -> int:
     """The longest caption in tokens of `tokenizer` (default: bytes, as ByteTokenizer counts them), with or
     without two-object captions."""
-    captions = _all_captions(relations)
     if tokenizer is None:
-        return max(len(c.encode("utf-8")) for c in captions)
-    return max(len(ids) for ids in tokenizer.encode_batch(captions))
+        return _byte_length_bound(bool(relations))
+    return max(len(ids) for ids in tokenizer.encode_batch(list(_all_captions(bool(relations)))))
 
 
-MAX_CAPTION_LEN = caption_length_bound()
+def __getattr__(name: str) -> int:
+    """`MAX_CAPTION_LEN`: the longest caption in bytes, two-object captions included (computed on first use, not
+    at import)."""
+    if name == "MAX_CAPTION_LEN":
+        return caption_length_bound()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def write_folder(folder: PathLike, length: int, *, image_size: int = 64, split: str = "train", seed: int = 0,
@@ -257,21 +265,24 @@ def write_folder(folder: PathLike, length: int, *, image_size: int = 64, split: 
 def word_tokenizer() -> WordTokenizer:
     """A `WordTokenizer` over every word the captions use (the same for every seed): about a quarter of the
     byte length, so a DALLE trains faster on these captions than with the default `ByteTokenizer`."""
-    return WordTokenizer.train(_all_captions())
+    return WordTokenizer.train(list(_all_captions()))
 
 
 class ShapesDataset(Dataset):
-    """`length` tokenized (text (text_len,), image (3, S, S)) pairs; item i is the same for every call and worker."""
+    """`length` tokenized (text (text_len,), image (3, S, S)) pairs; item i is the same for every call and worker.
+
+    `text_len` defaults to `MAX_CAPTION_LEN` (every caption fits in bytes, the default tokenizer's ids)."""
 
     def __init__(self, length: int = 10_000, *, image_size: int = 32, split: str = "train", seed: int = 0,
-                 relation_prob: float = 0.0, tokenizer: Optional[Tokenizer] = None, text_len: int = MAX_CAPTION_LEN,
+                 relation_prob: float = 0.0, tokenizer: Optional[Tokenizer] = None, text_len: Optional[int] = None,
                  antialias: bool = True):
         _check_split(split)
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise ValueError(f"length must be an int >= 1, got {length!r}")
         render(Scene((), None, ""), image_size)  # validates image_size
         self.length, self.image_size, self.split, self.seed = length, image_size, split, seed
-        self.relation_prob, self.text_len, self.antialias = relation_prob, text_len, antialias
+        self.relation_prob, self.antialias = relation_prob, antialias
+        self.text_len = caption_length_bound() if text_len is None else text_len
         self.tokenizer = default_tokenizer() if tokenizer is None else tokenizer
         self.scene(0)  # validates relation_prob
 

@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from ..data.images import save_image_grid, to_pil  # noqa: F401 - where the trainers and the CLI take them
 from ..files import write_text_atomic
 from ..utils import optional_import
 
-__all__ = ["MetricsLog", "truncate_metrics", "to_pil", "save_image_grid", "METRICS_NAME"]
+__all__ = ["MetricsLog", "truncate_metrics", "read_metrics", "plot_losses", "to_pil", "save_image_grid",
+           "METRICS_NAME"]
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -95,3 +98,58 @@ def truncate_metrics(out: Union[str, Path], step: int, name: str = METRICS_NAME)
         except ValueError:  # a line cut short by the crash
             continue
     write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def read_metrics(out: Union[str, Path], name: str = METRICS_NAME) -> List[Dict[str, Any]]:
+    """The metric rows of out/`name` in the order written (event records and lines cut short left out)."""
+    path = Path(out) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics in {str(out)!r}: {name} not found (is it a run's output directory?)")
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short by a crash
+            continue
+        if isinstance(row, dict) and "event" not in row:
+            rows.append(row)
+    return rows
+
+
+def plot_losses(path: Union[str, Path], curves: Mapping[str, Sequence[float]],
+                size: Tuple[int, int] = (300, 200)) -> None:
+    """One panel per curve (name -> the loss of every step): the loss per step (light) and its moving average
+    (dark), log-scaled, drawn with Pillow into a PNG `size` pixels a panel."""
+    if not curves:
+        raise ValueError("plot_losses needs at least one curve, got none")
+    for name, losses in curves.items():
+        if len(losses) == 0:
+            raise ValueError(f"plot_losses: the curve {name!r} has no values")
+        if not all(math.isfinite(v) for v in losses):
+            raise ValueError(f"plot_losses: the curve {name!r} has a NaN or infinite value")
+    font = ImageFont.load_default()
+    w, h = size
+    canvas = Image.new("RGB", (w * len(curves), h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, (name, losses) in enumerate(curves.items()):
+        x0, y0, x1, y1 = k * w + 40, 20, (k + 1) * w - 10, h - 25
+        logs = [math.log10(max(float(v), 1e-8)) for v in losses]
+        window = max(1, len(logs) // 50)
+        smooth = [sum(logs[max(0, i - window + 1): i + 1]) / len(logs[max(0, i - window + 1): i + 1])
+                  for i in range(len(logs))]
+        lo, hi = min(logs), max(logs)
+        hi = hi if hi > lo else lo + 1
+
+        def xy(i: int, v: float) -> Tuple[float, float]:
+            return x0 + (x1 - x0) * i / max(1, len(logs) - 1), y1 - (y1 - y0) * (v - lo) / (hi - lo)
+
+        draw.rectangle((x0, y0, x1, y1), outline="black")
+        draw.line([xy(i, v) for i, v in enumerate(logs)], fill=(180, 200, 240), width=1)
+        draw.line([xy(i, v) for i, v in enumerate(smooth)], fill=(20, 60, 200), width=2)
+        draw.text((x0, 4), f"{name} loss (log scale)", fill="black", font=font)
+        draw.text((x1 - 60, 4), f"end {10 ** smooth[-1]:.3g}", fill="black", font=font)
+        draw.text((k * w + 2, y0), f"{10 ** hi:.2g}", fill="black", font=font)
+        draw.text((k * w + 2, y1 - 10), f"{10 ** lo:.2g}", fill="black", font=font)
+        draw.text((x0, y1 + 5), "step 0", fill="black", font=font)
+        draw.text((x1 - 50, y1 + 5), f"{len(logs)}", fill="black", font=font)
+    canvas.save(path)
