@@ -355,3 +355,27 @@ def test_shards_flag_splits_at_commas_outside_brace_lists():
     assert split_outside_braces("a.tar,s-{x,y}.tar,c-{0..3}-{a,{b,c}}.tar") == ["a.tar", "s-{x,y}.tar",
                                                                                "c-{0..3}-{a,{b,c}}.tar"]
     assert split_outside_braces("one.tar") == ["one.tar"]
+
+
+def test_seeded_samples_draw_from_the_sample_seed_and_leave_the_global_generator_alone():
+    from torch.utils.data import Dataset
+
+    from dalle_core.data.common import mix_seed
+    from dalle_core.training.batches import SeededSamples
+
+    class GlobalRandom(Dataset):  # a user's dataset that draws its augmentation from torch's global RNG
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            return torch.randint(0, 100, (4,)), torch.rand(1, 2, 2)
+
+    samples = SeededSamples(GlobalRandom(), seed=7)
+    samples.set_epoch(2)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    index, text, image = samples[1]
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's stream is untouched
+    torch.manual_seed(mix_seed(7, "sample", 2, 1))  # what the sample's own seed draws
+    assert index == 1 and torch.equal(text, torch.randint(0, 100, (4,))) and torch.equal(image, torch.rand(1, 2, 2))
+    assert not torch.equal(samples[1][1], SeededSamples(GlobalRandom(), seed=8)[1][1])

@@ -120,8 +120,9 @@ class SeededSamples(Dataset):
         seed = mix_seed(self.seed, "sample", self.epoch, index)
         if isinstance(self.dataset, TextImageDataset):
             self.dataset.reseed(seed)
-        with torch.random.fork_rng(devices=[]):  # datasets that draw from torch's global RNG
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # datasets that draw from torch's global (CPU) RNG
+            # the CPU generator alone: torch.manual_seed would also seed every accelerator's, per sample
+            torch.random.default_generator.manual_seed(seed)
             text, image = self.dataset[index]
         return index, text, image
 
