@@ -251,7 +251,7 @@ def test_yttm_model_with_other_special_ids_is_rejected(tmp_path):
         YttmTokenizer(tmp_path / "m")
 
 
-def test_hug_file_without_special_id_zero_is_shifted_by_one(tmp_path):
+def test_hug_file_without_special_id_zero_keeps_its_ids_as_dalle_pytorch_does(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
     tok = tokenizers.Tokenizer(tokenizers.models.BPE())
     tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -263,8 +263,9 @@ def test_hug_file_without_special_id_zero_is_shifted_by_one(tmp_path):
     loaded = HugTokenizer(tmp_path / "gpt2_like.json")
     raw = tok.encode(EXAMPLES[0]).ids
     assert tok.id_to_token(0) is not None and 0 not in tok.get_added_tokens_decoder()  # 0 is a real token
-    assert loaded.encode(EXAMPLES[0]) == [i + 1 for i in raw] and loaded.vocab_size == tok.get_vocab_size() + 1
-    assert all(loaded.decode(loaded.encode(t)) == t for t in EXAMPLES)
+    assert loaded.encode(EXAMPLES[0]) == raw and loaded.vocab_size == tok.get_vocab_size()
+    assert loaded.pads_a_real_token and tok.id_to_token(0) == "!"  # read as padding, as in DALLE-pytorch
+    assert all(loaded.decode(loaded.encode(t)) == t for t in EXAMPLES if "!" not in t)
 
 
 # --- BPE-dropout -------------------------------------------------------------------------------------------

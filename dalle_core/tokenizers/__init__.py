@@ -1,8 +1,10 @@
-"""Caption tokenizers: one contract (ids in [1, vocab_size), 0 is padding) over bytes, words, youtokentome and HF BPE.
+"""Caption tokenizers: one contract (ids in [1, vocab_size), 0 is padding) over bytes, words and BPE (CLIP, yttm, HF).
 
 `ByteTokenizer` (the default) needs no training and no files and covers every language; `WordTokenizer` is a
-fixed word list for small closed vocabularies; `YttmTokenizer` and `HugTokenizer` are trained BPE vocabularies
-whose packages are optional and imported only when used.
+fixed word list for small closed vocabularies; `SimpleTokenizer` is CLIP's BPE, DALLE-pytorch's default (its ids,
+`clip_bpe.py`); `YttmTokenizer` and `HugTokenizer` are trained BPE vocabularies whose packages are optional and
+imported only when used; `ChineseTokenizer` is BERT's Chinese WordPiece through `transformers` (`chinese.py`).
+The contract itself is `base.Tokenizer`.
 
 Tokenizer files are read as hostile data: only regular files of at most `MAX_TOKENIZER_BYTES`, UTF-8, JSON nested
 at most `dalle_core.files.MAX_JSON_DEPTH` levels, youtokentome models checked line by line before youtokentome
@@ -11,26 +13,24 @@ reads them; anything else raises ValueError naming the file and what was expecte
 from __future__ import annotations
 
 import json
-import operator
 import os
 import re
 import tempfile
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
-import torch
-from torch import Tensor
-
-from .files import (MAX_TOKENIZER_BYTES, TOKENIZER_KINDS, check_yttm_model, read_tokenizer_text,
-                               tokenizer_json)
-from ..files import check_regular_file, parse_json, read_bytes
+from ..files import parse_json, read_bytes
 from ..utils import optional_import
+from .base import Corpus, PathLike, Tokenizer, check_texts, existing_path
+from .chinese import ChineseTokenizer
+from .clip_bpe import SimpleTokenizer
+from .files import MAX_TOKENIZER_BYTES, TOKENIZER_KINDS, check_yttm_model, read_tokenizer_text
 
-PathLike = Union[str, "os.PathLike[str]"]
-Corpus = Union[PathLike, Iterable[str]]
+__all__ = ["Tokenizer", "ByteTokenizer", "WordTokenizer", "SimpleTokenizer", "YttmTokenizer", "HugTokenizer",
+           "ChineseTokenizer", "default_tokenizer", "load_tokenizer", "save_tokenizer", "find_tokenizer",
+           "MODEL_TOKENIZER_FILES", "MAX_TOKENIZER_BYTES", "YTTM_INSTALL", "HF_INSTALL", "PathLike", "Corpus"]
 
 # youtokentome ships no wheels for current Pythons; its build needs Cython, setuptools and wheel (and a C++ compiler)
 YTTM_INSTALL = "pip install cython setuptools wheel && pip install --no-build-isolation youtokentome"
@@ -42,106 +42,18 @@ def default_tokenizer() -> "ByteTokenizer":
     return ByteTokenizer()
 
 
-class Tokenizer(ABC):
-    """What every caption tokenizer does: `encode`/`decode` one caption, `tokenize` a padded batch, `save`/`load`."""
-
-    pad_id: int = 0
-    _skip_ids: frozenset = frozenset()  # reserved ids that `decode` drops (besides 0 and ids >= vocab_size)
-
-    @property
-    @abstractmethod
-    def vocab_size(self) -> int:
-        """Ids lie in [1, vocab_size); 0 is padding."""
-
-    @abstractmethod
-    def _encode_batch(self, texts: List[str], dropout_prob: float) -> List[List[int]]:
-        """Encode checked captions."""
-
-    @abstractmethod
-    def _decode(self, ids: List[int]) -> str:
-        """Decode ids already stripped of padding, reserved and out-of-vocabulary ids."""
-
-    @abstractmethod
-    def save(self, path: PathLike) -> None:
-        """Write everything needed to rebuild this tokenizer with `Tokenizer.load(path)`."""
-
-    def encode(self, text: str, *, dropout_prob: float = 0.0) -> List[int]:
-        """Token ids of one caption, each in [1, vocab_size); `dropout_prob` > 0 applies BPE-dropout."""
-        return self.encode_batch([text], dropout_prob=dropout_prob)[0]
-
-    def encode_batch(self, texts: Sequence[str], *, dropout_prob: float = 0.0) -> List[List[int]]:
-        """Token ids of several captions (faster than `encode` in a loop for the BPE tokenizers)."""
-        texts = _check_texts(texts)
-        if not isinstance(dropout_prob, (int, float)) or not 0.0 <= dropout_prob <= 1.0:
-            raise ValueError(f"dropout_prob must be a number in [0, 1], got {dropout_prob!r}")
-        return self._encode_batch(texts, float(dropout_prob))
-
-    def decode(self, ids: Union[Sequence[int], Tensor], pad_tokens: Iterable[int] = ()) -> str:
-        """Text of a 1-D id sequence, skipping padding 0, reserved ids, ids >= vocab_size and `pad_tokens`."""
-        if isinstance(ids, Tensor):
-            if ids.ndim != 1:
-                raise ValueError(f"decode takes one 1-D sequence of ids, got a tensor of shape {tuple(ids.shape)}")
-            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-                raise TypeError(f"decode needs integer ids, got a tensor of dtype {ids.dtype}")
-            ids = ids.tolist()
-        elif isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-            raise TypeError(f"decode takes a list or 1-D tensor of ints, got {type(ids).__name__}")
-        try:
-            ids = [operator.index(i) for i in ids]
-        except TypeError:
-            raise TypeError("decode takes a list or 1-D tensor of ints, got a non-integer element") from None
-        if any(i < 0 for i in ids):
-            raise ValueError(f"token ids must be >= 0, got {min(ids)}")
-        skip, vocab_size = {self.pad_id, *pad_tokens, *self._skip_ids}, self.vocab_size
-        return self._decode([i for i in ids if i < vocab_size and i not in skip])
-
-    def tokenize(self, texts: Union[str, Sequence[str]], context_length: int = 256, truncate_text: bool = False,
-                 *, dropout_prob: float = 0.0) -> Tensor:
-        """Captions as a LongTensor (B, context_length) padded with 0; over-long ones raise unless truncated."""
-        if isinstance(context_length, bool) or not isinstance(context_length, int):
-            raise TypeError(f"context_length must be an int, got {type(context_length).__name__}")
-        if context_length < 1:
-            raise ValueError(f"context_length must be >= 1, got {context_length}")
-        texts = [texts] if isinstance(texts, str) else _check_texts(texts)
-        all_ids = self.encode_batch(texts, dropout_prob=dropout_prob)
-        out = torch.zeros(len(texts), context_length, dtype=torch.long)  # (B, context_length)
-        for row, (text, ids) in enumerate(zip(texts, all_ids)):
-            if len(ids) > context_length:
-                if not truncate_text:
-                    shown = text if len(text) <= 60 else text[:57] + "..."
-                    raise ValueError(f"caption {shown!r} is {len(ids)} tokens long, more than context_length="
-                                     f"{context_length}; shorten it or pass truncate_text=True")
-                ids = ids[:context_length]
-            out[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return out
-
-    @staticmethod
-    def load(path: PathLike) -> "Tokenizer":
-        """Rebuild a saved tokenizer of any kind: Byte/WordTokenizer JSON, HF tokenizer.json or youtokentome model."""
-        path = _existing(path, "tokenizer file")
-        text = read_tokenizer_text(path, "tokenizer file")
-        if not text.lstrip().startswith(("{", "[")):
-            return YttmTokenizer(path)
-        saved = tokenizer_json(text, path)
-        if saved.get("dalle_core_tokenizer") == "ByteTokenizer":
-            return ByteTokenizer()
-        if saved.get("dalle_core_tokenizer") == "WordTokenizer":
-            try:
-                return WordTokenizer(saved["words"])
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{path}: {err}") from None
-        return HugTokenizer._from_text(text, path)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
-
-
 class ByteTokenizer(Tokenizer):
     """UTF-8 bytes as tokens (id = byte + 1, vocab_size 257): no training, no files, every language and emoji.
 
     Round-trips every valid string exactly. BPE-dropout does nothing (there are no merges). A truncated caption
     may end mid-character; `decode` shows broken or invalid byte sequences as U+FFFD instead of raising.
     """
+
+    saved_format = "ByteTokenizer"
+
+    @classmethod
+    def _from_saved(cls, path: Path, text: str, saved: Optional[Dict[str, Any]]) -> "ByteTokenizer":
+        return cls()
 
     @property
     def vocab_size(self) -> int:
@@ -174,17 +86,22 @@ class WordTokenizer(Tokenizer):
 
     UNK_ID = 1
     UNK_TEXT = "<unk>"
+    saved_format = "WordTokenizer"
     _PIECE = re.compile(r"[\w'-]+|[^\w\s]")
     _NO_SPACE_BEFORE = frozenset(",.;:!?")
 
     def __init__(self, words: Sequence[str]) -> None:
-        words = _check_texts(list(words) if not isinstance(words, str) else words)
+        words = check_texts(list(words) if not isinstance(words, str) else words)
         bad = [w for w in words if self._PIECE.fullmatch(w) is None]
         if bad or len(set(words)) != len(words):
             raise ValueError(f"vocabulary words must be distinct single words or punctuation marks, got "
                              f"{bad[:5] if bad else 'duplicates'}")
         self.words: List[str] = list(words)
         self._ids = {w: i + 2 for i, w in enumerate(self.words)}
+
+    @classmethod
+    def _from_saved(cls, path: Path, text: str, saved: Optional[Dict[str, Any]]) -> "WordTokenizer":
+        return cls(saved["words"])
 
     @classmethod
     def train(cls, texts_or_file: Corpus, vocab_size: Union[int, None] = None) -> "WordTokenizer":
@@ -248,10 +165,11 @@ class YttmTokenizer(Tokenizer):
     _skip_ids = frozenset({2, 3})
     UNK_ID = 1
     UNK_TEXT = "\ufffd"
+    saved_format = "youtokentome"
 
     def __init__(self, model_path: PathLike) -> None:
         yttm = _import_yttm()
-        path = _existing(model_path, "youtokentome model")
+        path = existing_path(model_path, "youtokentome model")
         data = read_bytes(path, MAX_TOKENIZER_BYTES, what="youtokentome model")
         check_yttm_model(data, path)
         self._model_bytes = data  # `save` writes these, even if the file changes later
@@ -263,6 +181,10 @@ class YttmTokenizer(Tokenizer):
             raise ValueError(f"{path} must use yttm's default ids pad=0, unk=1, bos=2, eos=3 (0 is our padding), "
                              f"got {self._pieces[:4]} for ids 0-3; retrain with YttmTokenizer.train")
         self._alphabet = frozenset(p for p in self._pieces[4:] if len(p) == 1) - {"\u2581"}
+
+    @classmethod
+    def _from_saved(cls, path: Path, text: str, saved: Optional[Dict[str, Any]]) -> "YttmTokenizer":
+        return cls(path)
 
     @classmethod
     def train(cls, texts_or_file: Corpus, vocab_size: int, model_path: PathLike, *, coverage: float = 1.0,
@@ -289,7 +211,7 @@ class YttmTokenizer(Tokenizer):
     def normalize(self, text: str) -> str:
         """What `decode(encode(text))` returns: whitespace collapsed and stripped, unknown runs as U+FFFD."""
         words = []
-        for word in _YTTM_SPACE.split(_check_texts([text])[0]):
+        for word in _YTTM_SPACE.split(check_texts([text])[0]):
             chars, in_unknown_run = [], False
             for ch in word:
                 known = ch in self._alphabet
@@ -308,10 +230,12 @@ class HugTokenizer(Tokenizer):
     """Hugging Face `tokenizers` (optional: `pip install 'tokenizers>=0.15.1'`); `train` makes byte-level BPE.
 
     Trained here: <pad> is id 0, all 256 bytes are in the vocabulary, so every string round-trips exactly.
-    Loaded tokenizer.json: when id 0 is a special token (e.g. <pad>, [PAD]) our ids are the file's ids;
-    otherwise (e.g. GPT-2, where 0 is "!") our id = file id + 1 so that 0 stays padding. Special tokens typed in
-    a caption are encoded as plain text, and `decode` drops special tokens. A loaded file's own normalizer
-    (lower-casing, NFKC, ...) still applies, so such files round-trip only as exactly as that normalizer allows.
+    Loaded tokenizer.json: the ids are the file's, as DALLE-pytorch's `HugTokenizer` gives them, and vocab_size is
+    the file's (added tokens included). When the file's id 0 is a real token rather than a special one (GPT-2's
+    "!"), models read that token as padding, as DALLE-pytorch's do; `HugTokenizer.pads_a_real_token` says so.
+    Special tokens typed in a caption are encoded as plain text, and `decode` drops special tokens. A loaded
+    file's own normalizer (lower-casing, NFKC, ...) still applies, so such files round-trip only as exactly as
+    that normalizer allows.
     """
 
     def __init__(self, path_or_tokenizer: Any) -> None:
@@ -319,11 +243,11 @@ class HugTokenizer(Tokenizer):
         if isinstance(path_or_tokenizer, tokenizers.Tokenizer):
             self._tok = path_or_tokenizer
         else:
-            path = _existing(path_or_tokenizer, "tokenizer.json")
+            path = existing_path(path_or_tokenizer, "tokenizer.json")
             self._tok = self._parse(tokenizers, read_tokenizer_text(path, "Hugging Face tokenizer.json"), path)
         self._tok.encode_special_tokens = True  # "<pad>" inside a caption is text, not padding
         added = self._tok.get_added_tokens_decoder()
-        self._offset = 0 if 0 in added and added[0].special else 1
+        self.pads_a_real_token = not (0 in added and added[0].special)  # id 0 is text, read as padding
 
     @staticmethod
     def _parse(tokenizers: Any, text: str, path: Path) -> Any:
@@ -334,9 +258,10 @@ class HugTokenizer(Tokenizer):
         except Exception as err:  # noqa: BLE001 - the Rust parser raises a bare Exception
             raise ValueError(f"{path}: not a Hugging Face tokenizer.json ({TOKENIZER_KINDS} expected): {err}") from None
 
+    saved_format = "tokenizer.json"
+
     @classmethod
-    def _from_text(cls, text: str, path: Path) -> "HugTokenizer":
-        """A HugTokenizer from the already-read text of tokenizer.json `path`."""
+    def _from_saved(cls, path: Path, text: str, saved: Optional[Dict[str, Any]]) -> "HugTokenizer":
         return cls(cls._parse(_import_hf(), text, path))
 
     @classmethod
@@ -357,8 +282,8 @@ class HugTokenizer(Tokenizer):
 
     @property
     def vocab_size(self) -> int:
-        """The file's vocabulary (added tokens included), plus one when ids were shifted to free 0."""
-        return self._tok.get_vocab_size(with_added_tokens=True) + self._offset
+        """The file's vocabulary, added tokens included (DALLE-pytorch's `get_vocab_size()`)."""
+        return self._tok.get_vocab_size(with_added_tokens=True)
 
     def _encode_batch(self, texts: List[str], dropout_prob: float) -> List[List[int]]:
         model = self._tok.model
@@ -372,10 +297,10 @@ class HugTokenizer(Tokenizer):
         finally:
             if dropout_prob:
                 model.dropout = previous
-        return [[i + self._offset for i in enc.ids] for enc in encodings]
+        return [list(enc.ids) for enc in encodings]
 
     def _decode(self, ids: List[int]) -> str:
-        return self._tok.decode([i - self._offset for i in ids], skip_special_tokens=True)
+        return self._tok.decode(ids, skip_special_tokens=True)
 
     def save(self, path: PathLike) -> None:
         """Write the tokenizer.json."""
@@ -385,29 +310,10 @@ class HugTokenizer(Tokenizer):
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-def _check_texts(texts: Any) -> List[str]:
-    """`texts` as a list of str, or a TypeError saying what came instead."""
-    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
-        raise TypeError(f"expected a list of str captions, got {type(texts).__name__}")
-    for text in texts:
-        if not isinstance(text, str):
-            raise TypeError(f"captions must be str, got {type(text).__name__}: {text!r:.60}")
-    return list(texts)
-
-
-def _existing(path: PathLike, what: str) -> Path:
-    """`path` as a Path, or FileNotFoundError naming what was expected there."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{what} path must be a str or os.PathLike, got {type(path).__name__}")
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
-    return check_regular_file(path, None, what=what)  # a FIFO or device would block or never end
-
-
 def _iter_corpus(texts_or_file: Corpus) -> Iterator[str]:
     """Captions from an iterable of str, or the lines of a text file when given a path."""
     if isinstance(texts_or_file, (str, os.PathLike)):
-        path = _existing(texts_or_file, "corpus file (or pass a list of captions)")
+        path = existing_path(texts_or_file, "corpus file (or pass a list of captions)")
         with open(path, encoding="utf-8", newline="\n") as f:  # split on "\n" only; keep "\r" as written
             try:
                 yield from (line[:-1] if line.endswith("\n") else line for line in f)
@@ -426,7 +332,7 @@ def _iter_corpus(texts_or_file: Corpus) -> Iterator[str]:
 def _corpus_file(texts_or_file: Corpus) -> Iterator[Path]:
     """A text file path for the corpus: the given one, or a temporary file of one caption per line."""
     if isinstance(texts_or_file, (str, os.PathLike)):
-        yield _existing(texts_or_file, "corpus file (or pass a list of captions)")
+        yield existing_path(texts_or_file, "corpus file (or pass a list of captions)")
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "corpus.txt"

@@ -7,7 +7,7 @@ from typing import Any, Dict
 from ..files import parse_json, read_bytes
 
 MAX_TOKENIZER_BYTES = 64 * 2**20  # the largest published tokenizer.json files are about 20 MB
-TOKENIZER_KINDS = ("a dalle_core Byte/WordTokenizer JSON file, a Hugging Face tokenizer.json or a youtokentome "
+TOKENIZER_KINDS = ("a dalle_core Byte/Word/SimpleTokenizer JSON file, a Hugging Face tokenizer.json or a youtokentome "
                    "model")
 
 
@@ -57,8 +57,9 @@ def tokenizer_json(text: str, path: Path) -> Dict[str, Any]:
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise ValueError(f"{path}: a WordTokenizer file needs 'words', a list of str; got "
                              f"{type(words).__name__ if 'words' in saved else 'no such key'}")
-    elif kind not in (None, "ByteTokenizer"):
-        raise ValueError(f"{path}: unknown dalle_core_tokenizer {kind!r}; expected 'ByteTokenizer' or 'WordTokenizer'")
+    elif kind not in (None, "ByteTokenizer", "SimpleTokenizer"):
+        raise ValueError(f"{path}: unknown dalle_core_tokenizer {kind!r}; expected 'ByteTokenizer', 'WordTokenizer' "
+                         "or 'SimpleTokenizer'")
     elif kind is None and not isinstance(saved.get("model"), dict):
         raise ValueError(f"{path}: expected {TOKENIZER_KINDS}; this JSON object has neither 'dalle_core_tokenizer' "
                          f"nor a tokenizer.json 'model' (keys {sorted(saved)[:8]})")
