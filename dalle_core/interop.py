@@ -7,7 +7,6 @@ on the meta device) before the model is built, and NaN or infinite weights are r
 """
 from __future__ import annotations
 
-import re
 from os import PathLike
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Sequence, Tuple, Union
@@ -18,6 +17,7 @@ from torch import Tensor
 from .validation import build_checked, check_config, check_finite
 from .errors import CheckpointError
 from .files import check_regular_file
+from .models.reference_names import convert_dalle_state_dict, convert_transformer_state_dict
 
 __all__ = [
     "convert_transformer_state_dict",
@@ -28,55 +28,7 @@ __all__ = [
     "vae_from_reference_config",
 ]
 
-# transformer.layers.layers.{i}.{0|1}.<wrappers>.<leaf>   (sequential)
-# transformer.layers.blocks.{i}.{f|g}.net.<wrappers>.<leaf>  (reversible)
-_LAYER_KEY = re.compile(r"^(?P<prefix>.*?)layers\.(?:layers|blocks)\.(?P<idx>\d+)\.(?P<branch>0|1|f\.net|g\.net)\.(?P<rest>.+)$")
-_LEAVES = {
-    "to_qkv.weight": "attn.to_qkv.weight",
-    "to_out.0.weight": "attn.to_out.weight",
-    "to_out.0.bias": "attn.to_out.bias",
-    "net.0.weight": "ff.proj_in.weight",
-    "net.0.bias": "ff.proj_in.bias",
-    "net.3.weight": "ff.proj_out.weight",
-    "net.3.bias": "ff.proj_out.bias",
-}
-
 PathOrStr = Union[str, PathLike]
-
-
-def _convert_layer_key(prefix: str, idx: str, branch: str, rest: str) -> str:
-    part = "attn" if branch in ("0", "f.net") else "ff"
-    if rest == "scale":
-        return f"{prefix}layers.{idx}.{part}_scale"
-    for name in ("norm", "norm_out"):
-        for param in ("weight", "bias"):
-            if rest == f"fn.{name}.{param}":
-                return f"{prefix}layers.{idx}.{part}_{name}.{param}"
-    for leaf, target in _LEAVES.items():
-        if rest.endswith(leaf):
-            return f"{prefix}layers.{idx}.{target}"
-    raise KeyError(f"unrecognised DALLE-pytorch transformer parameter: {rest!r}")
-
-
-def convert_transformer_state_dict(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Rename DALLE-pytorch transformer parameters (any wrapper nesting, sequential or reversible) to ours;
-    other keys pass through unchanged and the reference's stored rotary table `pos_emb` is dropped."""
-    out: Dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        if key.endswith("transformer.pos_emb"):
-            continue  # rebuilt at construction from the same formula
-        match = _LAYER_KEY.match(key)
-        out[_convert_layer_key(**match.groupdict()) if match else key] = value
-    return out
-
-
-def convert_dalle_state_dict(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """A DALLE-pytorch DALLE state dict with our parameter names (shared input/output embeddings folded)."""
-    out = convert_transformer_state_dict(state_dict)
-    for key in list(out):
-        if key.startswith(("text_emb.linear.", "image_emb.linear.")):
-            del out[key]  # SharedEmbedding views of to_logits.1, which we slice directly
-    return out
 
 
 def _load(path_or_obj: Union[PathOrStr, Mapping[str, Any]]) -> Tuple[Mapping[str, Any], str]:

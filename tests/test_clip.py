@@ -45,6 +45,13 @@ def model_from_case(case: dict) -> CLIP:
     return load_dalle_pytorch_clip(case["state_dict"], **case["config"])
 
 
+def test_load_state_dict_takes_the_references_names_and_gives_its_outputs(case):
+    clip = CLIP(**case["config"])
+    clip.load_state_dict(case["state_dict"], strict=True)  # DALLE-pytorch key names, renamed on load
+    via_interop = model_from_case(case)
+    assert all(torch.equal(a, b) for a, b in zip(clip.state_dict().values(), via_interop.state_dict().values()))
+
+
 def test_committed_clip_fixtures_exist_and_are_small():
     assert len(CASE_NAMES) >= 2, f"expected committed clip_*.pt fixtures, found {CASE_NAMES}"
     for path in committed_cases("clip_").values():

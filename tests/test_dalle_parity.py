@@ -17,7 +17,7 @@ ATOL = 1e-4
 def _build(case: dict) -> DALLE:
     vae = DiscreteVAE(**case["vae_config"])
     dalle = DALLE(vae=vae, **case["config"])
-    dalle.load_state_dict(convert_dalle_state_dict(case["state_dict"]), strict=True)
+    dalle.load_state_dict(case["state_dict"], strict=True)  # the reference's own key names, renamed on load
     return dalle.eval()
 
 
@@ -54,6 +54,28 @@ def test_logits_and_loss_equal_reference_committed(name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_logits_and_loss_equal_reference_live(name, live_fixture_dir: Path):
     _check_case(load_case(live_fixture_dir / f"{name}.pt"))
+
+
+def test_converted_state_dicts_load_too_and_equal_the_renamed_ones():
+    case = load_case(CASES["dalle_reversible"])
+    converted = DALLE(vae=DiscreteVAE(**case["vae_config"]), **case["config"])
+    converted.load_state_dict(convert_dalle_state_dict(case["state_dict"]), strict=True)
+    renamed = _build(case)
+    assert converted.state_dict().keys() == renamed.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(converted.state_dict().values(), renamed.state_dict().values()))
+
+
+def test_generate_py_loading_block_runs_with_only_its_import_changed():
+    """DALLE-pytorch generate.py: `DALLE(vae=DiscreteVAE(**vae_params), **hparams).load_state_dict(weights)`."""
+    path = committed_cases("dalle_ckpt_train_dalle")["dalle_ckpt_train_dalle"]
+    load_obj = load_case(path)
+    dalle_params, vae_params, weights = load_obj.pop("hparams"), load_obj.pop("vae_params"), load_obj.pop("weights")
+    vae = DiscreteVAE(**vae_params)
+    dalle = DALLE(vae=vae, **dalle_params)
+    dalle.load_state_dict(weights)
+    expected = load_obj["expected"]
+    with torch.no_grad():
+        _assert_logits_equal(dalle.eval()(expected["text"], expected["codes"]), expected["logits"])
 
 
 def _check_checkpoint(path: Path) -> None:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..utils import check_images, check_int, check_real_batch, check_same_batch, check_token_ids, eval_decorator
 from ..pretrained import PretrainedMixin
 from .transformer import Transformer
+from .reference_names import rename_reference_keys
 
 __all__ = ["CLIP", "RerankResult"]
 
@@ -72,6 +73,7 @@ class CLIP(PretrainedMixin, nn.Module, register=True):
         channels: int = 3,
     ):
         super().__init__()
+        self.register_load_state_dict_pre_hook(rename_reference_keys)  # DALLE-pytorch's names load too
         for name, value in (("dim_text", dim_text), ("dim_image", dim_image), ("dim_latent", dim_latent),
                             ("num_text_tokens", num_text_tokens), ("text_enc_depth", text_enc_depth),
                             ("text_seq_len", text_seq_len), ("text_heads", text_heads),

@@ -27,6 +27,7 @@ from ..utils import (cast_tuple, check_float, check_images, check_int, check_rea
 from .cache import KVCache
 from .dalle_sampling import DALLESampling
 from .transformer import DivideMax, Transformer, check_buffer_bytes
+from .reference_names import rename_reference_keys
 
 __all__ = ["DALLE"]
 
@@ -99,6 +100,7 @@ class DALLE(PretrainedMixin, DALLESampling, nn.Module, register=True):
         conv_kernel_size: Optional[int] = None,
     ):
         super().__init__()
+        self.register_load_state_dict_pre_hook(rename_reference_keys)  # DALLE-pytorch's names load too
         for name in ("image_size", "num_tokens", "num_layers", "channels", "get_codebook_indices", "decode"):
             if not hasattr(vae, name):
                 raise TypeError(f"vae must be a DiscreteVAE (or provide {name!r}), got {type(vae).__name__}")
