@@ -23,9 +23,10 @@ from typing import Any, BinaryIO, Iterator, List, Type, Union
 
 __all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "NotRegularFileError", "FileTooLargeError", "describe_mode",
            "check_regular_file", "open_regular", "read_regular", "read_bytes", "read_text", "json_depth", "parse_json",
-           "read_json", "fsync_path", "atomic_files", "write_text_atomic"]
+           "read_json", "fsync_path", "atomic_files", "write_text_atomic", "CACHE_ENV", "cache_dir"]
 
 PathOrStr = Union[str, "os.PathLike[str]"]
+CACHE_ENV = "DALLE_CORE_CACHE"  # where pretrained files not passed by path are looked for
 MAX_JSON_BYTES = 16 * 2**20  # config files, tokenizer JSON and headers are far smaller
 MAX_JSON_DEPTH = 64  # every document dalle_core writes nests fewer than 10 levels
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.S)  # a JSON string literal (or an unterminated one)
@@ -194,3 +195,10 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and `os.replace`: readers see the old or the new file."""
     with atomic_files(path) as (tmp,):
         tmp.write_text(text, encoding="utf-8")
+
+
+def cache_dir(*parts: str) -> Path:
+    """The folder where dalle_core looks for pretrained files not given by path (it downloads nothing):
+    `$DALLE_CORE_CACHE`, else `$XDG_CACHE_HOME/dalle_core`, else `~/.cache/dalle_core`; `parts` appended."""
+    root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dalle_core"
+    return Path(root, *parts)

@@ -152,6 +152,8 @@ def _recording(init: Callable) -> Callable:
     @functools.wraps(init)
     def __init__(self: nn.Module, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
+        if getattr(type(self), "RECORDS_OWN_CONFIG", False):
+            return  # e.g. a tokenizer read from files records the sizes it read, not the paths
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         config: Dict[str, Any] = {}
@@ -178,6 +180,9 @@ class PretrainedMixin:
     """
 
     MODULE_ARGS: ClassVar[Tuple[str, ...]] = ()
+    # True: `__init__` sets `self.config` itself, to keywords that rebuild the same architecture without the
+    # arguments it was called with (OpenAIDiscreteVAE and VQGanVAE record sizes read from files, not the paths)
+    RECORDS_OWN_CONFIG: ClassVar[bool] = False
     config: Dict[str, Any]
 
     def __init_subclass__(cls, register: bool = False, **kwargs: Any) -> None:

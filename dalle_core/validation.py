@@ -23,6 +23,7 @@ Where = Union[str, PathLike]
 
 # keys counting layers or blocks: each one holds at least one tensor of the state dict (every other size is
 # checked by the constructor itself, on the meta device, before anything is allocated)
+# (models not listed bound their sizes in their own constructors)
 LAYER_KEYS = {"DALLE": ("depth",), "DiscreteVAE": ("num_layers", "num_resnet_blocks"),
               "CLIP": ("text_enc_depth", "visual_enc_depth")}
 
@@ -36,12 +37,12 @@ def check_config(name: str, config: Any, n_tensors: int, where: Where) -> None:
         if not isinstance(key, str):
             raise CheckpointError(f"{where}: {name} config keys must be str, got {key!r}")
     try:
-        for key in LAYER_KEYS[name]:
+        for key in LAYER_KEYS.get(name, ()):
             if key in config:
                 check_int(f"{name} config key {key!r}", config[key], minimum=0)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
-    layers = {key: config[key] for key in LAYER_KEYS[name] if key in config}
+    layers = {key: config[key] for key in LAYER_KEYS.get(name, ()) if key in config}
     if sum(layers.values()) > n_tensors:
         described = ", ".join(f"{k}={v}" for k, v in layers.items())
         raise CheckpointError(f"{where}: the {name} config asks for {described}, but the weights hold only "

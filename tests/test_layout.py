@@ -185,7 +185,10 @@ def test_a_subclass_records_its_own_arguments_and_reloads_from_them(tmp_path):
 
 
 def test_models_are_registered_and_module_arguments_rebuild_generically():
-    assert MODEL_CLASSES == {"DiscreteVAE": DiscreteVAE, "DALLE": DALLE, "CLIP": CLIP}
+    from dalle_core import OpenAIDiscreteVAE
+
+    expected = {"DiscreteVAE": DiscreteVAE, "DALLE": DALLE, "CLIP": CLIP, "OpenAIDiscreteVAE": OpenAIDiscreteVAE}
+    assert {name: MODEL_CLASSES[name] for name in expected} == expected  # (and the image tokenizers added since)
     vae = DiscreteVAE(image_size=32, num_layers=2, num_tokens=16, codebook_dim=8, hidden_dim=8)
     dalle = DALLE(dim=32, vae=vae, num_text_tokens=20, text_seq_len=4, depth=1, heads=2, dim_head=16)
     assert "vae" not in dalle.config and DALLE.MODULE_ARGS == ("vae",)

@@ -1,9 +1,10 @@
-"""The models: the image tokenizer (`vae`), the DALLE transformer (`dalle`, built from `transformer`,
+"""The models: the image tokenizers (`vae`, trained here; `openai_dvae`, OpenAI's pretrained dVAE), the DALLE transformer (`dalle`, built from `transformer`,
 `attention`, `masks` and the decoding `cache`) and the CLIP reranker (`clip`)."""
 from .cache import KVCache
 from .clip import CLIP
 from .dalle import DALLE
+from .openai_dvae import OpenAIDiscreteVAE
 from .transformer import Transformer
 from .vae import DiscreteVAE
 
-__all__ = ["DALLE", "DiscreteVAE", "CLIP", "Transformer", "KVCache"]
+__all__ = ["DALLE", "DiscreteVAE", "OpenAIDiscreteVAE", "CLIP", "Transformer", "KVCache"]
