@@ -12,7 +12,6 @@ import errno
 import json
 import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
@@ -76,9 +75,25 @@ def build_parser(command: Optional[str] = "all") -> argparse.ArgumentParser:
                        description="Generate images for each prompt; writes one folder of PNGs and a grid per prompt.")
     g.add_argument("prompts", nargs="*", help="captions to draw")
     g.add_argument("--prompts-file", type=Path, help="a file with one caption per line")
+    g.add_argument("--text", help="captions separated by '|', as DALLE-pytorch's generate.py takes them")
     g.add_argument("--checkpoint", type=Path, required=True,
-                   help="a DALLE model directory (runs/dalle/model, or a checkpoint's model/ or ema/)")
-    g.add_argument("--tokenizer", type=Path, help="tokenizer file (default: the one saved in --checkpoint)")
+                   help="a DALLE model directory (runs/dalle/model, or a checkpoint's model/ or ema/), or a "
+                        "DALLE-pytorch train_dalle.py checkpoint file (dalle.pt)")
+    g.add_argument("--tokenizer", help="tokenizer file, or 'simple' (CLIP's BPE) or 'bytes' (default: the one "
+                                       "saved in --checkpoint; for a dalle.pt, CLIP's BPE when its vocabulary is "
+                                       "49408)")
+    g.add_argument("--bpe-path", type=Path, help="as generate.py: a youtokentome model, or with --hug a Hugging "
+                                                 "Face tokenizer.json")
+    g.add_argument("--hug", action="store_true", help="--bpe-path is a Hugging Face tokenizer.json")
+    g.add_argument("--chinese", action="store_true", help="BERT's Chinese WordPiece (needs transformers)")
+    g.add_argument("--gentxt", action="store_true", help="complete each prompt into a caption with the DALLE's "
+                                                         "text model first, then draw that caption")
+    g.add_argument("--vqgan-model-path", type=Path, help="a dalle.pt over a VQGAN: taming's .ckpt (only when "
+                                                         "the dalle.pt lacks the VQGAN's weights)")
+    g.add_argument("--vqgan-config-path", type=Path, help="a dalle.pt over a VQGAN: taming's YAML config")
+    g.add_argument("--openai-vae-dir", type=Path, help="a dalle.pt over OpenAI's dVAE: the folder with "
+                                                       "encoder.pkl and decoder.pkl (only when the dalle.pt lacks "
+                                                       "their weights)")
     g.add_argument("--num-images", type=int, default=4, help="images per prompt (default: 4)")
     g.add_argument("--batch-size", type=int, default=4, help="images generated at once (default: 4)")
     g.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale (default: 1)")
@@ -127,12 +142,66 @@ def _slug(text: str, limit: int = 60) -> str:
 
 def _read_prompts(args: argparse.Namespace) -> List[str]:
     prompts = [p for p in args.prompts if p.strip()]
+    if args.text is not None:
+        prompts += [p.strip() for p in args.text.split("|") if p.strip()]
     if args.prompts_file is not None:
         lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
         prompts += [line.strip() for line in lines if line.strip()]
     if not prompts:
-        raise ValueError("no prompts: give captions as arguments or --prompts-file FILE")
+        raise ValueError("no prompts: give captions as arguments, --text 'a|b' or --prompts-file FILE")
     return prompts
+
+
+def _load_dalle(args: argparse.Namespace, device: Any) -> Any:
+    """The DALLE --checkpoint names: a model directory, or a DALLE-pytorch dalle.pt (with its tokenizer's files)."""
+    from .interop import load_dalle_pytorch
+    from .models.dalle import DALLE
+
+    if args.checkpoint.is_dir():
+        for flag in ("vqgan_model_path", "vqgan_config_path", "openai_vae_dir"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} is for a DALLE-pytorch dalle.pt; {args.checkpoint} is "
+                                 "a model directory, which holds its image tokenizer")
+        return DALLE.from_pretrained(args.checkpoint, map_location=device)
+    if not args.checkpoint.exists():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such model directory or dalle.pt")
+    dalle = load_dalle_pytorch(args.checkpoint, openai_vae_dir=args.openai_vae_dir,
+                               vqgan_model_path=args.vqgan_model_path, vqgan_config_path=args.vqgan_config_path)
+    return dalle.to(device)
+
+
+def choose_tokenizer(args: argparse.Namespace, text_vocab_size: int) -> Any:
+    """The caption tokenizer for a DALLE reading `text_vocab_size` ids: the one the flags name, else the one saved
+    beside the model, else the one that vocabulary implies (CLIP's BPE for 49408, bytes for 257). A tokenizer
+    whose vocabulary is not the model's is an error: its ids would mean other words to the model."""
+    from .tokenizers import (ChineseTokenizer, HugTokenizer, YttmTokenizer, find_tokenizer, implied_tokenizer,
+                             load_tokenizer)
+
+    chosen = sum(x is not None and x is not False for x in (args.tokenizer, args.bpe_path, args.chinese or None))
+    if chosen > 1:
+        raise ValueError("give one of --tokenizer, --bpe-path (with --hug for a tokenizer.json) or --chinese")
+    if args.hug and args.bpe_path is None:
+        raise ValueError("--hug says that --bpe-path is a Hugging Face tokenizer.json: give --bpe-path")
+    saved = find_tokenizer(args.checkpoint) if args.checkpoint.is_dir() else None
+    if args.tokenizer is not None:
+        tokenizer, source = load_tokenizer(args.tokenizer), f"--tokenizer {args.tokenizer}"
+    elif args.bpe_path is not None:
+        tokenizer, source = (HugTokenizer if args.hug else YttmTokenizer)(args.bpe_path), f"--bpe-path {args.bpe_path}"
+    elif args.chinese:
+        tokenizer, source = ChineseTokenizer(), "--chinese"
+    elif saved is not None:
+        tokenizer, source = load_tokenizer(str(saved)), f"the tokenizer saved in {args.checkpoint}"
+    else:
+        tokenizer = implied_tokenizer(text_vocab_size)
+        if tokenizer is None:
+            raise ValueError(f"{args.checkpoint} holds no tokenizer and its DALLE reads {text_vocab_size} caption ids, "
+                             "which is not the vocabulary of CLIP's BPE (49408) or of bytes (257): pass the "
+                             "tokenizer it was trained with (--tokenizer FILE, --bpe-path FILE [--hug], --chinese)")
+        return tokenizer
+    if tokenizer.vocab_size != text_vocab_size:
+        raise ValueError(f"{source} has {tokenizer.vocab_size} ids but this DALLE was trained with "
+                         f"{text_vocab_size}: pass the tokenizer it was trained with")
+    return tokenizer
 
 
 def _device(name: Optional[str]) -> Any:
@@ -165,7 +234,6 @@ def _generate(args: argparse.Namespace) -> int:
 
     from .data.images import load_image, save_image_grid, to_pil
     from .models.clip import CLIP
-    from .models.dalle import DALLE
     from .sampling import DEFAULT_FILTER_THRES, check_sampling_args
     from .tokenizers import find_tokenizer, load_tokenizer
 
@@ -181,14 +249,8 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-init-img-tokens must be >= 0, got {args.num_init_img_tokens}")
     prompts = _read_prompts(args)
     device = _device(args.device)
-    dalle = DALLE.from_pretrained(args.checkpoint, map_location=device)
-    tokenizer_path = args.tokenizer or find_tokenizer(args.checkpoint)
-    if tokenizer_path is None:
-        warnings.warn(f"no tokenizer saved in {args.checkpoint}: using the default UTF-8 byte tokenizer")
-    tokenizer = load_tokenizer(None if tokenizer_path is None else str(tokenizer_path))
-    if tokenizer.vocab_size > dalle.text_vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but this DALLE was trained with "
-                         f"{dalle.text_vocab_size}: pass the tokenizer it was trained with")
+    dalle = _load_dalle(args, device)
+    tokenizer = choose_tokenizer(args, dalle.text_vocab_size)
     clip = clip_tokenizer = None
     if args.clip is not None:
         clip = CLIP.from_pretrained(args.clip, map_location=device)
@@ -207,7 +269,11 @@ def _generate(args: argparse.Namespace) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     for i, prompt in enumerate(prompts):
-        text = tokenizer.tokenize([prompt], dalle.text_seq_len, truncate_text=True).to(device)  # (1, text_seq_len)
+        if args.gentxt:
+            text, (prompt,) = dalle.generate_texts(tokenizer, prompt, filter_thres=filter_thres or DEFAULT_FILTER_THRES,
+                                                   temperature=args.temperature, generator=generator)
+        else:
+            text = tokenizer.tokenize([prompt], dalle.text_seq_len, truncate_text=True).to(device)  # (1, text_len)
         chunks = []
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             for start in range(0, args.num_images, args.batch_size):

@@ -7,9 +7,10 @@ on the meta device) before the model is built, and NaN or infinite weights are r
 """
 from __future__ import annotations
 
+import functools
 from os import PathLike
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -107,28 +108,85 @@ def load_dalle_pytorch_vae(path: Union[PathOrStr, Mapping[str, Any]], *, allow_n
     return vae.eval()
 
 
-def load_dalle_pytorch(path: Union[PathOrStr, Mapping[str, Any]], *, allow_nonfinite: bool = False, **overrides):
-    """A `DALLE` (with its `DiscreteVAE`) from a DALLE-pytorch train_dalle.py checkpoint, in eval mode; `overrides`
-    replace hparams; NaN or infinite weights raise CheckpointError unless `allow_nonfinite`."""
+def load_dalle_pytorch(path: Union[PathOrStr, Mapping[str, Any]], *, allow_nonfinite: bool = False,
+                       openai_vae_dir: Optional[PathOrStr] = None, vqgan_model_path: Optional[PathOrStr] = None,
+                       vqgan_config_path: Optional[PathOrStr] = None, vae_image_size: int = 256, **overrides):
+    """A `DALLE` with its image tokenizer from a DALLE-pytorch train_dalle.py checkpoint, in eval mode.
+
+    The tokenizer is the one its `vae_class_name` names: a trained `DiscreteVAE` (from `vae_params`), OpenAI's
+    dVAE (`OpenAIDiscreteVAE`: its weights are read from the checkpoint, which holds them; `openai_vae_dir`,
+    a folder with encoder.pkl and decoder.pkl, or the cache folder when it does not), or a taming VQGAN
+    (`VQGanVAE`: needs `vqgan_config_path`, the model's YAML; its weights come from the checkpoint, or from
+    `vqgan_model_path` when it lacks them). A pretrained tokenizer works on `vae_image_size` images (DALLE-pytorch
+    fixes 256). `overrides` replace hparams; NaN or infinite weights raise CheckpointError unless
+    `allow_nonfinite`.
+    """
     from .models.dalle import DALLE
 
     ckpt, where = _load(path)
     _require(ckpt, ("hparams", "vae_params", "weights"), where)
-    vae_class = ckpt.get("vae_class_name", "DiscreteVAE")
-    if vae_class != "DiscreteVAE" or ckpt["vae_params"] is None:
-        raise CheckpointError(f"{where}: only checkpoints with a trained DiscreteVAE are supported, this one uses "
-                              f"{vae_class!r}")
+    vae_class = ckpt.get("vae_class_name") or ("DiscreteVAE" if ckpt["vae_params"] is not None else None)
     weights = _convert(convert_dalle_state_dict, _weights(ckpt["weights"], "weights", where), where)
-    vae_params = _mapping(ckpt["vae_params"], "vae_params", where)
     hparams = {**_mapping(ckpt["hparams"], "hparams", where), **overrides}
-    n_vae = sum(k.startswith("vae.") for k in weights)
-    check_config("DiscreteVAE", vae_params, n_vae, where)
-    check_config("DALLE", hparams, len(weights) - n_vae, where)
+    vae_weights = {k[len("vae."):]: v for k, v in weights.items() if k.startswith("vae.")}
+    if vae_class == "DiscreteVAE":
+        if ckpt["vae_params"] is None:
+            raise CheckpointError(f"{where}: vae_class_name is 'DiscreteVAE' but vae_params is None")
+        vae_params = _mapping(ckpt["vae_params"], "vae_params", where)
+        check_config("DiscreteVAE", vae_params, len(vae_weights), where)
+        build_vae = functools.partial(vae_from_reference_config, vae_params)
+    elif vae_class == "OpenAIDiscreteVAE":
+        build_vae = _openai_vae(vae_weights, openai_vae_dir, vae_image_size, where)
+    elif vae_class == "VQGanVAE":
+        build_vae = _vqgan_vae(vae_weights, vqgan_model_path, vqgan_config_path, vae_image_size, where)
+    else:
+        raise CheckpointError(f"{where}: vae_class_name {vae_class!r} is not one DALLE-pytorch 1.6 writes "
+                              "(DiscreteVAE, OpenAIDiscreteVAE or VQGanVAE)")
+    if not vae_weights:  # a checkpoint without the pretrained tokenizer's weights: they come from its own files
+        vae_weights = build_vae().state_dict()
+    # the tokenizer's weights under our names (the builders above renamed them in place)
+    weights = {**{k: v for k, v in weights.items() if not k.startswith("vae.")},
+               **{f"vae.{k}": v for k, v in vae_weights.items()}}
+    check_config("DALLE", hparams, len(weights) - len(vae_weights), where)
     check_finite(weights, where, allow_nonfinite)
-    dalle = build_checked(lambda: DALLE(vae=vae_from_reference_config(vae_params), **hparams), "DALLE",
-                          _shapes(weights), where)
+    dalle = build_checked(lambda: DALLE(vae=build_vae(), **hparams), "DALLE", _shapes(weights), where)
     dalle.load_state_dict(weights)
     return dalle.eval()  # like from_pretrained: ready to sample; call .train() to fine-tune
+
+
+def _openai_vae(vae_weights: Dict[str, Tensor], folder: Optional[PathOrStr], image_size: int,
+                where: str) -> Callable[[], Any]:
+    """How to build the OpenAIDiscreteVAE of a DALLE-pytorch checkpoint (`vae_weights`: its `vae.*`, renamed
+    in place to ours): from the sizes its weights have, or from OpenAI's files when it holds none."""
+    from .models.openai_dvae import OpenAIDiscreteVAE, architecture_of, rename_dall_e_keys
+
+    rename_dall_e_keys(None, vae_weights)
+    if vae_weights:
+        architecture = architecture_of(vae_weights, where)
+        return lambda: OpenAIDiscreteVAE(image_size=image_size, architecture=architecture)
+    if folder is not None:
+        return lambda: OpenAIDiscreteVAE(Path(folder) / "encoder.pkl", Path(folder) / "decoder.pkl", image_size)
+    return lambda: OpenAIDiscreteVAE(image_size=image_size)
+
+
+def _vqgan_vae(vae_weights: Dict[str, Tensor], model_path: Optional[PathOrStr], config_path: Optional[PathOrStr],
+               image_size: int, where: str) -> Callable[[], Any]:
+    """How to build the VQGanVAE of a DALLE-pytorch checkpoint (`vae_weights`: its `vae.*`; the VQGAN's training
+    loss, `model.loss.*` (discriminator, LPIPS), is dropped in place): its architecture from the taming YAML, its
+    weights from the checkpoint, or from the .ckpt when it holds none."""
+    from .models.vqgan import VQGanVAE, read_vqgan_config
+
+    for key in [k for k in vae_weights if k.startswith("model.loss.")]:
+        del vae_weights[key]
+    if vae_weights:
+        if config_path is None:
+            raise CheckpointError(f"{where}: a DALLE over a VQGAN: pass its taming YAML config (vqgan_config_path, "
+                                  "--vqgan-config-path), which the checkpoint does not hold")
+        architecture = read_vqgan_config(config_path)
+        return lambda: VQGanVAE(image_size=image_size, architecture=architecture)
+    if model_path is None and config_path is None:
+        return lambda: VQGanVAE(image_size=image_size)  # from the cache folder
+    return lambda: VQGanVAE(model_path, config_path, image_size)
 
 
 def load_dalle_pytorch_clip(path_or_state_dict: Union[PathOrStr, Mapping[str, Tensor]], *,

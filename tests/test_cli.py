@@ -123,3 +123,81 @@ def test_user_errors_are_one_line_messages_with_exit_status_1(tmp_path, capsys):
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+# --- DALLE-pytorch checkpoints and tokenizers on the command line ------------------------------------------------
+
+
+def reference_checkpoint(path: Path, num_text_tokens: int) -> Path:
+    """A train_dalle.py-layout dalle.pt over a DiscreteVAE (our key names load as they are)."""
+    from dalle_core import DALLE, DiscreteVAE
+
+    torch.manual_seed(0)
+    vae = DiscreteVAE(**TINY_VAE)
+    hparams = dict(TINY_DALLE, num_text_tokens=num_text_tokens)
+    dalle = DALLE(vae=vae, **hparams)
+    torch.save({"hparams": hparams, "vae_params": dict(TINY_VAE), "vae_class_name": "DiscreteVAE", "epoch": 1,
+                "version": "1.6.6", "weights": dalle.state_dict()}, path)
+    return path
+
+
+def test_generate_reads_a_dalle_pytorch_checkpoint_and_picks_clip_bpe_for_its_49408_ids(tmp_path):
+    ckpt = reference_checkpoint(tmp_path / "dalle.pt", num_text_tokens=49408)
+    out = tmp_path / "out"
+    assert main(["generate", "--text", "a red square|a blue circle", "--checkpoint", str(ckpt), "--num-images",
+                 "1", "--out", str(out), "--seed", "0"]) == 0
+    folders = sorted(p.name for p in out.iterdir())
+    assert folders == ["000-a-red-square", "001-a-blue-circle"]  # --text splits prompts at '|', as generate.py
+
+    from argparse import Namespace
+
+    from dalle_core.cli import choose_tokenizer
+    from dalle_core.tokenizers import SimpleTokenizer
+
+    args = Namespace(tokenizer=None, bpe_path=None, chinese=False, hug=False, checkpoint=ckpt)
+    assert isinstance(choose_tokenizer(args, 49408), SimpleTokenizer)
+
+
+def test_a_tokenizer_that_does_not_match_the_models_vocabulary_is_an_error(tmp_path, capsys):
+    ckpt = reference_checkpoint(tmp_path / "dalle.pt", num_text_tokens=50)
+    common = ["generate", "a red square", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out")]
+    assert main(common) == 1
+    assert "holds no tokenizer and its DALLE reads 50 caption ids" in capsys.readouterr().err
+    assert main([*common, "--tokenizer", "bytes"]) == 1
+    assert "has 257 ids but this DALLE was trained with 50" in capsys.readouterr().err
+    assert main([*common, "--tokenizer", "simple", "--chinese"]) == 1
+    assert "give one of" in capsys.readouterr().err
+    assert main([*common, "--hug"]) == 1
+    assert "give --bpe-path" in capsys.readouterr().err
+
+
+def test_generate_takes_generate_py_tokenizer_flags_and_gentxt(tmp_path):
+    from dalle_core.tokenizers import WordTokenizer
+
+    tokenizer = WordTokenizer([f"w{i}" for i in range(46)] + ["red", "square"])  # 48 words + pad + unk = 50
+    tokenizer.save(tmp_path / "words.json")
+    ckpt = reference_checkpoint(tmp_path / "dalle.pt", num_text_tokens=50)
+    out = tmp_path / "out"
+    assert main(["generate", "red", "--checkpoint", str(ckpt), "--tokenizer", str(tmp_path / "words.json"),
+                 "--gentxt", "--num-images", "1", "--out", str(out), "--seed", "1"]) == 0
+    (folder,) = out.iterdir()
+    caption = json.loads((folder / "prompt.json").read_text())["prompt"]
+    assert caption.startswith("red ") and len(caption.split()) > 1  # the prompt completed by the DALLE
+
+
+def test_train_dalle_resumes_from_a_dalle_pytorch_checkpoint_with_its_weights_and_tokenizer(tmp_path):
+    from dalle_core import DALLE
+    from dalle_core.tokenizers import SimpleTokenizer, find_tokenizer, load_tokenizer
+
+    ckpt = reference_checkpoint(tmp_path / "dalle.pt", num_text_tokens=49408)
+    data = make_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["train-dalle", *flags(folder=data, resume_from=ckpt, out=out, steps=1, batch_size=2, lr=1e-12,
+                                       **QUIET)]) == 0
+    trained = DALLE.from_pretrained(out / "model")
+    before = torch.load(ckpt, weights_only=True)["weights"]
+    assert trained.text_vocab_size == 49408 and trained.config["dim"] == TINY_DALLE["dim"]
+    assert all(torch.allclose(trained.state_dict()[k], v, atol=1e-6) for k, v in before.items())
+    assert isinstance(load_tokenizer(str(find_tokenizer(out / "model"))), SimpleTokenizer)
+    assert main(["train-dalle", *flags(folder=data, resume_from=ckpt, vae=tmp_path, out=tmp_path / "x",
+                                       steps=1)]) == 1  # --vae beside --resume-from: which tokenizer?

@@ -130,3 +130,31 @@ def test_a_dalle_over_it_trains_samples_and_reloads_with_it(tmp_path):
     again = from_pretrained(None, tmp_path / "dalle")
     assert isinstance(again.vae, OpenAIDiscreteVAE)
     assert torch.equal(again.generate_images(text, generator=torch.Generator().manual_seed(0)), generated)
+
+
+def test_a_dalle_pytorch_checkpoint_over_openais_dvae_loads_with_its_codes_and_logits():
+    from dalle_core import load_dalle_pytorch
+    from helpers import load_case
+
+    path = FIXTURE_DIR / "dalle_ckpt_openai_vae.pt"
+    expected = load_case(path)["expected"]
+    # the dVAE's weights come from the checkpoint: no encoder.pkl needed; the reference was assembled for 32 px
+    dalle = load_dalle_pytorch(path, vae_image_size=32)
+    assert isinstance(dalle.vae, OpenAIDiscreteVAE) and dalle.vae.image_size == 32
+    assert torch.equal(dalle.vae.get_codebook_indices(expected["images"]), expected["codes"])
+    with torch.no_grad():
+        logits = dalle(expected["text"], expected["codes"])
+    allowed = expected["logits"] > -1e30
+    torch.testing.assert_close(logits[allowed], expected["logits"][allowed], atol=1e-4, rtol=0)
+
+
+def test_generate_py_loading_block_over_openais_dvae_runs_with_only_its_import_changed():
+    """`DALLE(vae=OpenAIDiscreteVAE(), **hparams).load_state_dict(weights)`: the dVAE's dall_e names too."""
+    from helpers import load_case
+
+    load_obj = load_case(FIXTURE_DIR / "dalle_ckpt_openai_vae.pt")
+    vae = OpenAIDiscreteVAE(FIXTURES / "encoder.pkl", FIXTURES / "decoder.pkl", image_size=32)  # any weights
+    dalle = DALLE(vae=vae, **load_obj["hparams"])
+    dalle.load_state_dict(load_obj["weights"])
+    expected = load_obj["expected"]
+    assert torch.equal(dalle.vae.get_codebook_indices(expected["images"]), expected["codes"])

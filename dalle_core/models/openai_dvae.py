@@ -35,7 +35,7 @@ from ..validation import build_checked, check_finite
 from .vae import CodebookUsage, codebook_usage
 
 __all__ = ["OpenAIDiscreteVAE", "map_pixels", "unmap_pixels", "LOGIT_LAPLACE_EPS", "OFFICIAL_ARCHITECTURE",
-           "OPENAI_FILES"]
+           "OPENAI_FILES", "architecture_of", "rename_dall_e_keys"]
 
 PathOrStr = Union[str, "Path"]
 LOGIT_LAPLACE_EPS = 0.1
@@ -166,6 +166,38 @@ def _read_official(path: Path, cls_name: str, keys: Tuple[str, ...]) -> Tuple[Di
     return sizes, renamed
 
 
+def architecture_of(weights: Mapping[str, Tensor], where: str = "weights") -> Dict[str, Dict[str, int]]:
+    """The sizes of the dVAE whose state dict (our names, `encoder.*` and `decoder.*`) is `weights`, read from the
+    tensors' shapes; CheckpointError when they do not describe one."""
+    try:
+        enc_in, enc_out = weights["encoder.blocks.input.weight"], weights["encoder.blocks.output.conv.weight"]
+        dec_in, dec_out = weights["decoder.blocks.input.weight"], weights["decoder.blocks.output.conv.weight"]
+    except KeyError as err:
+        raise CheckpointError(f"{where}: no OpenAI dVAE weights ({err.args[0]} missing)") from None
+    if any(t.ndim != 4 for t in (enc_in, enc_out, dec_in, dec_out)):
+        raise CheckpointError(f"{where}: OpenAI dVAE convolution weights must be 4-D")
+
+    def blocks(part: str) -> int:
+        return len({k.split(".")[3] for k in weights if k.startswith(f"{part}.blocks.group_1.block_")})
+
+    return {"encoder": {"n_hid": enc_in.shape[0], "n_blk_per_group": blocks("encoder"),
+                        "input_channels": enc_in.shape[1], "vocab_size": enc_out.shape[0]},
+            "decoder": {"n_init": dec_in.shape[0], "n_hid": dec_out.shape[1], "n_blk_per_group": blocks("decoder"),
+                        "output_channels": dec_out.shape[0] // 2, "vocab_size": dec_in.shape[1]}}
+
+
+def rename_dall_e_keys(module: Any, state_dict: Dict[str, Any], prefix: str = "", *args: Any) -> None:
+    """DALLE-pytorch's names for an OpenAI dVAE's tensors (`enc.blocks...w`, `dec.blocks...b`, as its
+    OpenAIDiscreteVAE holds dall_e's modules) renamed in place to ours (`encoder.blocks...weight`); a
+    load_state_dict pre-hook, so a DALLE-pytorch DALLE's weights load into a DALLE over an OpenAIDiscreteVAE."""
+    for key in [k for k in state_dict if k.startswith((prefix + "enc.", prefix + "dec."))]:
+        head, _, leaf = key[len(prefix):].rpartition(".")
+        part, _, rest = head.partition(".")
+        if leaf in ("w", "b"):
+            new = f"{prefix}{'encoder' if part == 'enc' else 'decoder'}.{rest}.{'weight' if leaf == 'w' else 'bias'}"
+            state_dict[new] = state_dict.pop(key)
+
+
 class OpenAIDiscreteVAE(PretrainedMixin, nn.Module, register=True):
     """OpenAI's pretrained dVAE as DALLE's image tokenizer: 8192 codes, 256-px images to a 32x32 grid.
 
@@ -185,6 +217,7 @@ class OpenAIDiscreteVAE(PretrainedMixin, nn.Module, register=True):
     def __init__(self, encoder_path: Optional[PathOrStr] = None, decoder_path: Optional[PathOrStr] = None,
                  image_size: int = 256, *, architecture: Optional[Mapping[str, Mapping[str, int]]] = None) -> None:
         super().__init__()
+        self.register_load_state_dict_pre_hook(rename_dall_e_keys)
         check_int("image_size", image_size, 8)
         if image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8 (three 2x poolings), got {image_size}")

@@ -29,7 +29,7 @@ from .clip_bpe import SimpleTokenizer
 from .files import MAX_TOKENIZER_BYTES, TOKENIZER_KINDS, check_yttm_model, read_tokenizer_text
 
 __all__ = ["Tokenizer", "ByteTokenizer", "WordTokenizer", "SimpleTokenizer", "YttmTokenizer", "HugTokenizer",
-           "ChineseTokenizer", "default_tokenizer", "load_tokenizer", "save_tokenizer", "find_tokenizer",
+           "ChineseTokenizer", "default_tokenizer", "load_tokenizer", "NAMED_TOKENIZERS", "implied_tokenizer", "save_tokenizer", "find_tokenizer",
            "MODEL_TOKENIZER_FILES", "MAX_TOKENIZER_BYTES", "YTTM_INSTALL", "HF_INSTALL", "PathLike", "Corpus"]
 
 # youtokentome ships no wheels for current Pythons; its build needs Cython, setuptools and wheel (and a C++ compiler)
@@ -366,9 +366,26 @@ def _import_hf() -> Any:
 MODEL_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # youtokentome's own format for YttmTokenizer
 
 
+NAMED_TOKENIZERS = {"bytes": ByteTokenizer, "simple": SimpleTokenizer}  # need no file
+
+
 def load_tokenizer(path: Union[PathLike, None]) -> Tokenizer:
-    """The tokenizer saved at `path` (any kind `Tokenizer.load` reads), or the default ByteTokenizer for None."""
-    return default_tokenizer() if path is None else Tokenizer.load(path)
+    """The tokenizer saved at `path` (any kind `Tokenizer.load` reads); "simple" (CLIP's BPE) or "bytes" when no
+    file has that name; the default ByteTokenizer for None."""
+    if path is None:
+        return default_tokenizer()
+    if isinstance(path, str) and path in NAMED_TOKENIZERS and not Path(path).exists():
+        return NAMED_TOKENIZERS[path]()
+    return Tokenizer.load(path)
+
+
+def implied_tokenizer(text_vocab_size: int) -> Optional[Tokenizer]:
+    """The tokenizer a caption vocabulary of this size implies when none was saved: CLIP's BPE (DALLE-pytorch's
+    default) for 49408, bytes for 257; None for any other size (the caller must be told which it was)."""
+    for cls in (SimpleTokenizer, ByteTokenizer):
+        if text_vocab_size == (49408 if cls is SimpleTokenizer else 257):
+            return cls()
+    return None
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: PathLike) -> Path:

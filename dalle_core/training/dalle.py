@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from ..utils import check_float
 from ..models.dalle import DALLE
 from ..sampling import DEFAULT_FILTER_THRES, check_sampling_args
-from ..interop import load_dalle_pytorch_vae
+from ..interop import load_dalle_pytorch, load_dalle_pytorch_vae
+from ..pretrained import from_pretrained
 from ..models.vae import DiscreteVAE
-from ..tokenizers import find_tokenizer, load_tokenizer, save_tokenizer
+from ..tokenizers import find_tokenizer, implied_tokenizer, load_tokenizer, save_tokenizer
 from .batches import Batch
 from .common import Trainer
 from .config import TrainConfig, model_options, option
@@ -23,11 +24,15 @@ from .outputs import save_image_grid
 __all__ = ["DALLETrainConfig", "DALLETrainer", "train_dalle", "load_vae"]
 
 
-def load_vae(path: str) -> DiscreteVAE:
-    """A trained dVAE: a `save_pretrained` directory, or a DALLE-pytorch train_vae.py checkpoint (.pt)."""
+def load_vae(path: str) -> nn.Module:
+    """An image tokenizer: a `save_pretrained` directory of any of them (DiscreteVAE, OpenAIDiscreteVAE,
+    VQGanVAE), or a DALLE-pytorch train_vae.py checkpoint (.pt)."""
     p = Path(path)
     if p.is_dir():
-        return DiscreteVAE.from_pretrained(p)
+        vae = from_pretrained(None, p)
+        if not callable(getattr(vae, "get_codebook_indices", None)):
+            raise ValueError(f"--vae {path}: holds a {type(vae).__name__}, not an image tokenizer")
+        return vae
     if p.is_file():
         return load_dalle_pytorch_vae(p)
     raise FileNotFoundError(f"dVAE {path!r} not found: give a directory written by train-vae (e.g. runs/vae/model) "
@@ -48,8 +53,18 @@ class DALLETrainConfig(TrainConfig):
 
     vae: Optional[str] = option(None, "the trained dVAE: a train-vae model directory or a DALLE-pytorch vae.pt",
                                 "model")
-    tokenizer: Optional[str] = option(None, "tokenizer file (Tokenizer.load: BPE json, youtokentome model); "
-                                            "default: UTF-8 bytes", "model")
+    tokenizer: Optional[str] = option(None, "tokenizer file (Tokenizer.load: BPE json, youtokentome model), or "
+                                            "'simple' (CLIP's BPE) or 'bytes'; default: UTF-8 bytes (for "
+                                            "--resume-from, the one its vocabulary implies)", "model")
+    resume_from: Optional[str] = option(None, "continue training a DALLE-pytorch train_dalle.py checkpoint "
+                                              "(dalle.pt): its weights and hparams (model flags are not used); "
+                                              "the optimizer starts afresh", "model")
+    vqgan_model_path: Optional[str] = option(None, "--resume-from over a VQGAN: taming's .ckpt (only when the "
+                                                   "dalle.pt lacks the VQGAN's weights)", "model")
+    vqgan_config_path: Optional[str] = option(None, "--resume-from over a VQGAN: taming's YAML config", "model")
+    openai_vae_dir: Optional[str] = option(None, "--resume-from over OpenAI's dVAE: the folder with encoder.pkl "
+                                                 "and decoder.pkl (only when the dalle.pt lacks their weights)",
+                                           "model")
 
     sample_captions: Optional[Tuple[str, ...]] = option(None, "captions for the sample grids (default: the "
                                                               "first num_samples captions of the data)")
@@ -68,7 +83,7 @@ class DALLETrainConfig(TrainConfig):
         with torch.device("meta"):
             stand_in = DiscreteVAE(image_size=2 * fmap, num_layers=1, num_tokens=2, codebook_dim=2, hidden_dim=2)
         self.check_model(vae=stand_in, num_text_tokens=1)
-        for name in ("vae", "tokenizer"):
+        for name in ("vae", "tokenizer", "resume_from", "vqgan_model_path", "vqgan_config_path", "openai_vae_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a str (a path) or None, got {type(value).__name__} {value!r}")
@@ -90,14 +105,30 @@ class DALLETrainer(Trainer):
 
     def __init__(self, config: DALLETrainConfig, **kwargs: Any):
         super().__init__(config, **kwargs)
-        if self.checkpoint is None and config.vae is None:
-            raise ValueError("train-dalle needs a trained dVAE: pass --vae DIR (a train-vae model directory)")
+        if self.checkpoint is None and config.vae is None and config.resume_from is None:
+            raise ValueError("train-dalle needs a trained dVAE: pass --vae DIR (a train-vae model directory), or "
+                             "--resume-from dalle.pt to continue a DALLE-pytorch run")
+        if config.resume_from is not None and config.vae is not None:
+            raise ValueError("--resume-from dalle.pt brings its own image tokenizer: drop --vae")
         saved = find_tokenizer(self.checkpoint / "model") if self.checkpoint else None
-        self.tokenizer = load_tokenizer(str(saved) if saved else config.tokenizer)
+        resuming = self.checkpoint is None and config.resume_from is not None and config.tokenizer is None
+        self.tokenizer = None if resuming else load_tokenizer(str(saved) if saved else config.tokenizer)
 
     def build_model(self) -> nn.Module:
-        return DALLE(vae=load_vae(self.config.vae), num_text_tokens=self.tokenizer.vocab_size,
-                     **self.config.model_kwargs())
+        c = self.config
+        if c.resume_from is None:
+            return DALLE(vae=load_vae(c.vae), num_text_tokens=self.tokenizer.vocab_size, **c.model_kwargs())
+        dalle = load_dalle_pytorch(c.resume_from, openai_vae_dir=c.openai_vae_dir,
+                                   vqgan_model_path=c.vqgan_model_path, vqgan_config_path=c.vqgan_config_path)
+        if self.tokenizer is None:
+            self.tokenizer = implied_tokenizer(dalle.text_vocab_size)
+            if self.tokenizer is None:
+                raise ValueError(f"--resume-from {c.resume_from}: its DALLE reads {dalle.text_vocab_size} caption "
+                                 "ids, not CLIP's BPE (49408) or bytes (257): pass its --tokenizer")
+        if self.tokenizer.vocab_size != dalle.text_vocab_size:
+            raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} ids but --resume-from "
+                             f"{c.resume_from} was trained with {dalle.text_vocab_size}: pass its --tokenizer")
+        return dalle.train()
 
     def load_model(self, directory: Path) -> nn.Module:
         return DALLE.from_pretrained(directory)
