@@ -2,7 +2,7 @@
 from . import data, sampling
 from .errors import CheckpointError
 from .interop import load_dalle_pytorch, load_dalle_pytorch_clip, load_dalle_pytorch_vae
-from .models import CLIP, DALLE, DiscreteVAE, KVCache, OpenAIDiscreteVAE, Transformer
+from .models import CLIP, DALLE, DiscreteVAE, KVCache, OpenAIDiscreteVAE, Transformer, VQGanVAE
 from .pretrained import from_pretrained, load_training_state, save_pretrained, save_training_state
 from .version import __version__
 
@@ -10,6 +10,7 @@ __all__ = [
     "DALLE",
     "DiscreteVAE",
     "OpenAIDiscreteVAE",
+    "VQGanVAE",
     "CLIP",
     "Transformer",
     "KVCache",
