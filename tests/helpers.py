@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 import torch
@@ -39,6 +39,18 @@ def peer_python() -> Optional[str]:
 def load_case(path: Path) -> dict:
     """Load one parity case without unpickling code."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_reference_codes_and_logits(dalle: Any, expected: dict, atol: float = 1e-4) -> None:
+    """A DALLE loaded from a reference checkpoint gives the reference's codes for `expected["images"]` (when
+    recorded) and its logits for `expected["text"]` and `expected["codes"]` (the same masked positions too)."""
+    if "images" in expected:
+        assert torch.equal(dalle.vae.get_codebook_indices(expected["images"]), expected["codes"])
+    with torch.no_grad():
+        logits = dalle(expected["text"], expected["codes"])
+    allowed = expected["logits"] > -1e30  # the reference's logits mask writes -finfo.max
+    assert torch.equal(allowed, logits > -1e30), "the logits masks differ"
+    torch.testing.assert_close(logits[allowed], expected["logits"][allowed], atol=atol, rtol=0)
 
 
 def committed_cases(prefix: str) -> Dict[str, Path]:
