@@ -31,7 +31,7 @@ from ..files import cache_dir
 from ..pickles import Pickled, UnsafePickleError, attribute, module_tensors, read_pickled
 from ..pretrained import PretrainedMixin
 from ..utils import check_images, check_int, check_token_ids, eval_decorator
-from ..validation import build_checked, check_finite
+from ..validation import check_finite, compare_state
 from .vae import CodebookUsage, codebook_usage
 
 __all__ = ["OpenAIDiscreteVAE", "map_pixels", "unmap_pixels", "LOGIT_LAPLACE_EPS", "OFFICIAL_ARCHITECTURE",
@@ -230,12 +230,14 @@ class OpenAIDiscreteVAE(PretrainedMixin, nn.Module, register=True):
         else:
             where = "OpenAIDiscreteVAE"
         architecture = _check_architecture(architecture, where)
-        if weights is not None:
+        if weights is None:
+            pair = _Pair(architecture)
+        else:  # checked on the meta device, then the files' weights fill it (no random init to overwrite)
             check_finite(weights, where)
-            shapes = {k: (tuple(t.shape), t.is_floating_point()) for k, t in weights.items()}
-            build_checked(lambda: _Pair(architecture), "OpenAIDiscreteVAE", shapes, where)  # nothing big built yet
-        pair = _Pair(architecture)
-        if weights is not None:
+            with torch.device("meta"):
+                pair = _Pair(architecture)
+            compare_state(pair, {k: (tuple(t.shape), t.is_floating_point()) for k, t in weights.items()}, where)
+            pair = pair.to_empty(device="cpu")
             pair.load_state_dict(weights)
         self.encoder, self.decoder = pair.encoder, pair.decoder
         self.requires_grad_(False)
