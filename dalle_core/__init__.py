@@ -2,13 +2,14 @@
 from . import data, sampling
 from .errors import CheckpointError
 from .interop import load_dalle_pytorch, load_dalle_pytorch_clip, load_dalle_pytorch_vae
-from .models import CLIP, DALLE, DiscreteVAE, KVCache, OpenAIDiscreteVAE, Transformer, VQGanVAE
+from .models import CLIP, DALLE, DiscreteVAE, KVCache, OpenAIDiscreteVAE, Transformer, VQGanVAE, VQVAE
 from .pretrained import from_pretrained, load_training_state, save_pretrained, save_training_state
 from .version import __version__
 
 __all__ = [
     "DALLE",
     "DiscreteVAE",
+    "VQVAE",
     "OpenAIDiscreteVAE",
     "VQGanVAE",
     "CLIP",

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..utils import check_float, check_images, check_int, check_token_ids, default, eval_decorator
 from ..pretrained import PretrainedMixin
 
-__all__ = ["DiscreteVAE", "ResBlock", "CodebookUsage", "codebook_usage"]
+__all__ = ["DiscreteVAE", "ResBlock", "CodebookUsage", "codebook_usage", "conv_autoencoder"]
 
 DEFAULT_NORMALIZATION = ((0.5, 0.5, 0.5, 0.0), (0.5, 0.5, 0.5, 1.0))  # (means, stds); sliced to `channels`
 
@@ -56,6 +56,30 @@ class CodebookUsage:
     usage: float  # fraction of the codebook seen at least once
     perplexity: float  # exp(entropy of the code histogram): num_tokens when uniform, 1 when collapsed
     counts: Tensor  # (num_tokens,) how often each code occurs
+
+
+def conv_autoencoder(*, channels: int, hidden_dim: int, num_layers: int, num_resnet_blocks: int, latent_out: int,
+                     latent_in: int) -> Tuple[nn.Sequential, nn.Sequential]:
+    """DALLE-pytorch's dVAE encoder and decoder: `num_layers` stride-2 4x4 convolutions (ReLU) down and up,
+    `num_resnet_blocks` residual blocks at the bottom of each, and 1x1 convolutions to `latent_out` channels (the
+    encoder's output) and from `latent_in` channels (the decoder's input). Layer order, and the order in which the
+    layers are built (so the initial weights a seed gives), are the reference's; `VQVAE` uses the same stacks."""
+    has_resblocks = num_resnet_blocks > 0
+    enc_layers: list = []
+    dec_layers: list = []
+    enc_in, dec_in = channels, (hidden_dim if has_resblocks else latent_in)
+    for _ in range(num_layers):
+        enc_layers.append(nn.Sequential(nn.Conv2d(enc_in, hidden_dim, 4, stride=2, padding=1), nn.ReLU()))
+        dec_layers.append(nn.Sequential(nn.ConvTranspose2d(dec_in, hidden_dim, 4, stride=2, padding=1), nn.ReLU()))
+        enc_in = dec_in = hidden_dim
+    for _ in range(num_resnet_blocks):  # built in the reference's order: one seed, its initial weights
+        dec_layers.insert(0, ResBlock(hidden_dim))
+        enc_layers.append(ResBlock(hidden_dim))
+    if has_resblocks:
+        dec_layers.insert(0, nn.Conv2d(latent_in, hidden_dim, 1))
+    enc_layers.append(nn.Conv2d(hidden_dim, latent_out, 1))
+    dec_layers.append(nn.Conv2d(hidden_dim, channels, 1))
+    return nn.Sequential(*enc_layers), nn.Sequential(*dec_layers)
 
 
 def codebook_usage(codes: Tensor, num_tokens: int) -> CodebookUsage:
@@ -174,23 +198,9 @@ class DiscreteVAE(PretrainedMixin, nn.Module, register=True):
         self.codebook = nn.Embedding(num_tokens, codebook_dim)
 
         # Layer order (and so state-dict indices) and creation order follow the reference exactly.
-        has_resblocks = num_resnet_blocks > 0
-        enc_layers: list = []
-        dec_layers: list = []
-        enc_in, dec_in = channels, (hidden_dim if has_resblocks else codebook_dim)
-        for _ in range(num_layers):
-            enc_layers.append(nn.Sequential(nn.Conv2d(enc_in, hidden_dim, 4, stride=2, padding=1), nn.ReLU()))
-            dec_layers.append(nn.Sequential(nn.ConvTranspose2d(dec_in, hidden_dim, 4, stride=2, padding=1), nn.ReLU()))
-            enc_in = dec_in = hidden_dim
-        for _ in range(num_resnet_blocks):  # built in the reference's order: one seed, its initial weights
-            dec_layers.insert(0, ResBlock(hidden_dim))
-            enc_layers.append(ResBlock(hidden_dim))
-        if has_resblocks:
-            dec_layers.insert(0, nn.Conv2d(codebook_dim, hidden_dim, 1))
-        enc_layers.append(nn.Conv2d(hidden_dim, num_tokens, 1))
-        dec_layers.append(nn.Conv2d(hidden_dim, channels, 1))
-        self.encoder = nn.Sequential(*enc_layers)
-        self.decoder = nn.Sequential(*dec_layers)
+        self.encoder, self.decoder = conv_autoencoder(channels=channels, hidden_dim=hidden_dim, num_layers=num_layers,
+                                                      num_resnet_blocks=num_resnet_blocks, latent_out=num_tokens,
+                                                      latent_in=codebook_dim)
 
     # --- pixel space <-> normalised space ------------------------------------------------------------------
 

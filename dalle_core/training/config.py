@@ -192,8 +192,9 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         hints = _hints(type(self))
-        for name, value in self.model_kwargs().items():  # the constructor checks ranges; the types are checked here
-            _check_type(name, value, hints[name])
+        for f in dataclasses.fields(self):  # the constructor checks ranges; the types are checked here
+            if f.metadata.get("model_kwarg"):
+                _check_type(f.name, getattr(self, f.name), hints[f.name])
 
     def model_fields(self) -> Dict[str, Any]:
         """The fields in the model group, by name (JSON-ready: tuples as lists)."""
