@@ -18,7 +18,7 @@ from typing import Any, List, Optional, Sequence
 __all__ = ["main", "build_parser"]
 
 TRAINERS = {
-    "train-vae": ("VAETrainer", "train the discrete VAE (stage 1)"),
+    "train-vae": ("VAETrainer", "train an image tokenizer (stage 1): --kind dvae, vq, fsq, lfq or vqgan"),
     "train-dalle": ("DALLETrainer", "train the DALLE transformer on a trained dVAE's codes (stage 2)"),
     "train-clip": ("CLIPTrainer", "train the CLIP reranker"),
 }

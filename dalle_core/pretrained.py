@@ -125,6 +125,17 @@ def _read_safetensors(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
     return tensors, metadata
 
 
+def write_safetensors(path: PathOrStr, tensors: Dict[str, Tensor]) -> None:
+    """Write `tensors` to the safetensors file `path` atomically (readers see the old file or the new one)."""
+    with atomic_files(Path(path)) as (tmp,):
+        _write_safetensors(tmp, tensors, {})
+
+
+def read_safetensors(path: PathOrStr) -> Dict[str, Tensor]:
+    """The tensors of a safetensors file written by `write_safetensors`; CheckpointError naming it if broken."""
+    return _read_safetensors(Path(path))[0]
+
+
 # --- models ---------------------------------------------------------------------------------------------------
 
 MODEL_CLASSES: Dict[str, type] = {}  # class name -> class, for every model a checkpoint can name

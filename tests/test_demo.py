@@ -234,3 +234,25 @@ def test_dalle_core_demo_subcommand_takes_the_demo_flags():
     result = subprocess.run([sys.executable, "-m", "dalle_core", "demo", "--image-size", "48"], capture_output=True,
                             text=True)
     assert result.returncode == 2 and "power of two" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["vq", "fsq", "lfq", "vqgan"])
+def test_quick_demo_runs_over_every_tokenizer_kind(tmp_path, kind):
+    from dalle_core import DALLE, from_pretrained
+
+    threads = torch.get_num_threads()
+    try:
+        summary = demo.main(["--quick", "--tokenizer", kind, "--out", str(tmp_path), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["config"]["tokenizer"] == summary["vae"]["kind"] == kind
+    saved = json.loads((tmp_path / "runs" / "vae" / "train_config.json").read_text())
+    assert saved["config"]["kind"] == kind
+    vae = from_pretrained(None, tmp_path / "models" / "vae")
+    expected = {"vq": "VQVAE", "fsq": "VQVAE", "lfq": "VQVAE", "vqgan": "VQGanVAE"}[kind]
+    assert type(vae).__name__ == expected and vae.fmap_size == 8 and vae.num_tokens == 128
+    dalle = DALLE.from_pretrained(tmp_path / "models" / "dalle")
+    assert type(dalle.vae).__name__ == expected
+    assert set(json.loads((tmp_path / "losses.json").read_text())) == {demo.TOKENIZER_NAMES[kind], "DALLE", "CLIP"}
+    assert 0 <= summary["vae"]["reconstruction_mse"] < 1

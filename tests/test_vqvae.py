@@ -8,8 +8,7 @@ import torch
 
 from dalle_core import DALLE, VQVAE, from_pretrained
 from dalle_core.models.vqvae import fsq_levels
-from dalle_core.training import VAETrainConfig, train_vae
-from helpers import QUIET, Stop, StopAt, make_folder, one_thread, same_weights  # noqa: F401  (one_thread: autouse)
+from helpers import one_thread, same_weights  # noqa: F401  (one_thread: autouse)
 
 TINY = dict(image_size=16, num_layers=2, num_tokens=32, codebook_dim=8, hidden_dim=16)
 KINDS = ("vq", "fsq", "lfq")
@@ -183,39 +182,3 @@ def test_builds_on_the_meta_device_for_checkpoint_checks():
             vae = tiny(kind)
         assert vae.encoder[0][0].weight.is_meta, kind
         assert tiny(kind).state_dict().keys() == vae.state_dict().keys()
-
-
-# --- the trainer -----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_folder(tmp_path_factory.mktemp("vq_data") / "pictures")
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_train_vae_kind_trains_exports_and_resumes_exactly(tmp_path, folder, kind):
-    options = dict(kind=kind, folder=str(folder), steps=6, batch_size=4, lr=3e-3, num_tokens=32, codebook_dim=8,
-                   image_size=16, num_layers=2, num_resnet_blocks=0, hidden_dim=16, ema_decay=0.5,
-                   **{**QUIET, "save_every": 3, "sample_every": 3})
-    whole = train_vae(VAETrainConfig(out=str(tmp_path / "whole"), **options))
-    assert type(whole) is VQVAE and whole.quantizer_kind == kind
-    assert (tmp_path / "whole" / "samples" / "step-00000006.png").is_file()
-    config = VAETrainConfig(out=str(tmp_path / "stopped"), **options)
-    with pytest.raises(Stop):
-        train_vae(config, callbacks=[StopAt(4)])  # after the checkpoint of update 3
-    resumed = train_vae(config, resume=True)
-    assert same_weights(whole, resumed)  # weights, EMA codebook statistics and k-means flag alike
-    rows = [line for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines() if "perplexity" in line]
-    assert rows and "codebook_usage" in rows[-1]
-
-
-def test_kind_specific_flags_are_refused_for_other_kinds():
-    with pytest.raises(ValueError, match=r"--temperature does not apply to --kind vq"):
-        VAETrainConfig(kind="vq", temperature=0.5).validate()
-    with pytest.raises(ValueError, match=r"--commitment-weight, --fsq-levels do not apply to --kind dvae"):
-        VAETrainConfig(commitment_weight=1.0, fsq_levels=(4, 2)).validate()
-    with pytest.raises(ValueError, match=r"kind must be one of dvae, vq, fsq, lfq, vqgan"):
-        VAETrainConfig(kind="vqvae").validate()
-    with pytest.raises(ValueError, match=r"power of 2"):
-        VAETrainConfig(kind="lfq", num_tokens=1000).validate()

@@ -47,6 +47,7 @@ TARGETS = {  # quality the default demo aims for, as fractions of images the che
     "heldout/guided/colour_and_shape": 0.70, "seen/guided_clip_best_of_4/colour_and_shape": 0.97,
     "heldout/guided_clip_best_of_4/colour_and_shape": 0.70, "vae/codebook_usage": 0.50,
 }
+TOKENIZER_NAMES = {"dvae": "dVAE", "vq": "VQ-VAE", "fsq": "FSQ-VAE", "lfq": "LFQ-VAE", "vqgan": "VQGAN"}
 COLUMNS = {"plain": "plain", "guided": "cfg {scale:g}", "clip_best_of_4": "CLIP 1/{n}",
            "guided_clip_best_of_4": "cfg+CLIP"}  # grid headers
 
@@ -72,12 +73,13 @@ class DemoConfig:
     # which use far fewer codes on this data (docs/demo_measurements.md)
     vae_kl_weight: float = 0.01
     vae_entropy_weight: float = 0.0
+    tokenizer: str = "dvae"  # the image tokenizer's kind: dvae, vq, fsq, lfq or vqgan (train-vae --kind)
     seed: int = 0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "DemoConfig":
         """The default run, or the quick smoke run, scaled by --steps-scale and resized by --image-size."""
-        cfg = cls(image_size=args.image_size, seed=args.seed)
+        cfg = cls(image_size=args.image_size, seed=args.seed, tokenizer=getattr(args, "tokenizer", "dvae"))
         if args.quick:
             cfg.train_images, cfg.eval_prompts, cfg.batch_size, cfg.dalle_batch_size = 512, 8, 16, 16
             cfg.vae_steps, cfg.dalle_steps, cfg.clip_steps = 40, 40, 20
@@ -108,18 +110,28 @@ def _optim(steps: int, batch_size: int, lr: float, weight_decay: float) -> Dict[
 
 
 def vae_config(cfg: DemoConfig, out: Path) -> VAETrainConfig:
-    """The demo's dVAE and its training: an 8x8 code grid at every image size (4x4 pixels a code at 32, 8x8 at 64).
+    """The demo's image tokenizer and its training: an 8x8 code grid of 128 codes at every image size (4x4 pixels a
+    code at 32, 8x8 at 64), hidden_dim 32 (the CPU budget), no resnet blocks.
 
-    2 layers at 32 (4x4 pixels a code, enough to draw small shapes), 128 codes (the shapes have few distinct
-    patches), hidden_dim 32 (the CPU budget), no resnet blocks; DiscreteVAE's fixed temperature 0.9 and a constant
-    KL weight (no annealing, no warm-up). Why these sizes, measured: docs/demo_measurements.md.
+    dvae: 2 layers at 32 (4x4 pixels a code, enough to draw small shapes), 128 codes (the shapes have few distinct
+    patches), DiscreteVAE's fixed temperature 0.9 and a constant KL weight (no annealing, no warm-up); why these
+    sizes, measured: docs/demo_measurements.md. vq, fsq, lfq: `VQVAE` with the same grid and its own defaults.
+    vqgan: taming's architecture at these sizes (see `dalle_core.models.vqgan`).
     """
-    return VAETrainConfig(image_size=cfg.image_size, num_layers=2 + int(math.log2(cfg.image_size // 32)),
-                          num_tokens=128, codebook_dim=64, hidden_dim=32, num_resnet_blocks=0,
-                          kl_div_loss_weight=cfg.vae_kl_weight, entropy_loss_weight=cfg.vae_entropy_weight,
-                          temperature=0.9, temp_end=0.9, temp_anneal_steps=0, kl_warmup_steps=0,
-                          **_optim(cfg.vae_steps, cfg.batch_size, lr=2e-3, weight_decay=0.0),
-                          out=str(out), seed=cfg.seed)
+    shared = dict(image_size=cfg.image_size, num_layers=2 + int(math.log2(cfg.image_size // 32)), num_tokens=128,
+                  codebook_dim=64, hidden_dim=32, num_resnet_blocks=0, kind=cfg.tokenizer,
+                  **_optim(cfg.vae_steps, cfg.batch_size, lr=2e-3, weight_decay=0.0), out=str(out), seed=cfg.seed)
+    if cfg.tokenizer == "vqgan":
+        # a VQGAN step costs about five of the others' (GroupNorm, attention, the discriminator): a fifth of the
+        # steps keeps the time budget comparable; the GAN from half-way, with taming's Adam settings (lr 2e-4,
+        # betas (0.5, 0.9)), as it is unstable at the others' lr (docs/measurements.md)
+        steps = max(1, cfg.vae_steps // 5)
+        shared.update(num_resnet_blocks=1, **_optim(steps, cfg.batch_size, lr=2e-4, weight_decay=0.0))
+        return VAETrainConfig(**shared, betas=(0.5, 0.9), disc_start=steps // 2)
+    if cfg.tokenizer != "dvae":
+        return VAETrainConfig(**shared)
+    return VAETrainConfig(kl_div_loss_weight=cfg.vae_kl_weight, entropy_loss_weight=cfg.vae_entropy_weight,
+                          temperature=0.9, temp_end=0.9, temp_anneal_steps=0, kl_warmup_steps=0, **shared)
 
 
 def dalle_config(cfg: DemoConfig, out: Path, vae: Path, tokenizer: Path, text_len: int) -> DALLETrainConfig:
@@ -269,8 +281,9 @@ def run(cfg: DemoConfig, out: Path) -> dict:
     tokenizer_file = save_tokenizer(tokenizer, runs)  # read by the DALLE and CLIP trainers, saved with their models
     lap("data")
 
-    vae = train_vae(vae_config(cfg, runs / "vae"), dataset=pairs).eval()
-    curves = {"dVAE": loss_curve(runs / "vae", cfg.vae_steps)}
+    vae_cfg = vae_config(cfg, runs / "vae")
+    vae = train_vae(vae_cfg, dataset=pairs).eval()
+    curves = {TOKENIZER_NAMES[cfg.tokenizer]: loss_curve(runs / "vae", vae_cfg.steps)}
     lap("vae")
     with torch.no_grad():
         codes = torch.cat([vae.get_codebook_indices(chunk) for chunk in images.split(500)])  # (N, fmap**2)
@@ -310,7 +323,7 @@ def run(cfg: DemoConfig, out: Path) -> dict:
 
     # pictures
     n_show = min(8, len(captions))
-    save_grid(out / "reconstructions.png", ["image", "dVAE"],
+    save_grid(out / "reconstructions.png", ["image", TOKENIZER_NAMES[cfg.tokenizer]],
               [(captions[i], [images[i], recon[i]], [None, shapes.check(captions[i], recon[i]).colour_and_shape])
                for i in range(n_show)])
     for split, (caps, truth) in prompts.items():
@@ -324,13 +337,15 @@ def run(cfg: DemoConfig, out: Path) -> dict:
     (out / "losses.json").write_text(json.dumps(curves) + "\n")  # every step's loss, to plot otherwise
     lap("pictures")
 
+    vae_curve = curves[TOKENIZER_NAMES[cfg.tokenizer]]
     summary = {
         "config": asdict(cfg),
         "seconds": {**times, "total": round(time.perf_counter() - start, 1)},
         "threads": torch.get_num_threads(),
         "vae": {"codebook_usage": usage.usage, "perplexity": usage.perplexity, "num_tokens": vae.num_tokens,
-                "final_loss": sum(curves["dVAE"][-50:]) / len(curves["dVAE"][-50:]),
-                "reconstructions_checker": recon_score},
+                "kind": cfg.tokenizer, "final_loss": sum(vae_curve[-50:]) / len(vae_curve[-50:]),
+                "reconstructions_checker": recon_score,
+                "reconstruction_mse": float(((recon - images[:len(recon)]) ** 2).mean())},
         "dalle": {"final_loss": sum(curves["DALLE"][-50:]) / len(curves["DALLE"][-50:]),
                   "distinct_samples": distinct},  # plain sampling, 16 samples of each of 8 seen captions
         "clip": {"final_loss": sum(curves["CLIP"][-50:]) / len(curves["CLIP"][-50:])},
@@ -346,7 +361,8 @@ def run(cfg: DemoConfig, out: Path) -> dict:
 
 def format_summary(summary: dict) -> str:
     """The summary as a short table."""
-    lines = [f"dVAE codebook usage {summary['vae']['codebook_usage']:.0%} (perplexity "
+    name = TOKENIZER_NAMES[summary["vae"].get("kind", "dvae")]
+    lines = [f"{name} codebook usage {summary['vae']['codebook_usage']:.0%} (perplexity "
              f"{summary['vae']['perplexity']:.0f} of {summary['vae']['num_tokens']}); reconstructions pass the checker "
              f"{summary['vae']['reconstructions_checker']['colour_and_shape']:.1%}; distinct plain samples of a "
              f"caption {summary['dalle']['distinct_samples']:.0%}",
@@ -366,6 +382,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (under a minute); numbers are meaningless")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every training step count (e.g. 3)")
     p.add_argument("--image-size", type=int, default=32, help="image side, a power of two >= 32 (default 32)")
+    p.add_argument("--tokenizer", choices=list(TOKENIZER_NAMES), default="dvae",
+                   help="the image tokenizer to train (train-vae --kind): dvae (default), vq, fsq, lfq or vqgan")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 

@@ -112,6 +112,9 @@ class VQVAE(PretrainedMixin, nn.Module, register=True):
         lfq_diversity_gamma: LFQ: weight of the batch's code entropy in that penalty.
         lfq_temperature: LFQ: temperature of the softmax over codes (of minus the squared distances) whose
             entropies make the penalty.
+        lfq_commitment_weight: LFQ: weight of the commitment loss ||z - sg(sign(z))||^2 (MAGVIT-v2's 0.25).
+            Without it the encoder shrinks z towards 0, where every code is equally likely, and the codebook
+            collapses (docs/measurements.md).
     """
 
     def __init__(
@@ -131,9 +134,10 @@ class VQVAE(PretrainedMixin, nn.Module, register=True):
         kmeans_init: bool = True,
         dead_code_threshold: float = 2.0,
         fsq_levels: Optional[Sequence[int]] = None,
-        lfq_entropy_weight: float = 0.1,
+        lfq_entropy_weight: float = 0.3,
         lfq_diversity_gamma: float = 1.0,
-        lfq_temperature: float = 0.01,
+        lfq_temperature: float = 0.1,
+        lfq_commitment_weight: float = 0.25,
     ):
         super().__init__()
         import vector_quantize_pytorch as vqp  # imported here: `import dalle_core` does not pay for it
@@ -144,7 +148,7 @@ class VQVAE(PretrainedMixin, nn.Module, register=True):
                                      commitment_weight=commitment_weight, codebook_decay=codebook_decay,
                                      dead_code_threshold=dead_code_threshold, fsq_levels=fsq_levels,
                                      lfq_entropy_weight=lfq_entropy_weight, lfq_diversity_gamma=lfq_diversity_gamma,
-                                     lfq_temperature=lfq_temperature)
+                                     lfq_temperature=lfq_temperature, lfq_commitment_weight=lfq_commitment_weight)
 
         self.image_size, self.num_tokens, self.num_layers, self.channels = image_size, num_tokens, num_layers, channels
         self.fmap_size = image_size // 2 ** num_layers
@@ -162,12 +166,14 @@ class VQVAE(PretrainedMixin, nn.Module, register=True):
                                              commitment_weight=commitment_weight, codebook_decay=codebook_decay,
                                              kmeans_init=kmeans_init, dead_code_threshold=dead_code_threshold,
                                              lfq_entropy_weight=lfq_entropy_weight,
-                                             lfq_diversity_gamma=lfq_diversity_gamma)
+                                             lfq_diversity_gamma=lfq_diversity_gamma,
+                                             lfq_commitment_weight=lfq_commitment_weight)
 
     @staticmethod
     def _quantizer(vqp: Any, codebook_dim: int, levels: Optional[Tuple[int, ...]], *, quantizer: str,
                    num_tokens: int, commitment_weight: float, codebook_decay: float, kmeans_init: bool,
-                   dead_code_threshold: float, lfq_entropy_weight: float, lfq_diversity_gamma: float) -> nn.Module:
+                   dead_code_threshold: float, lfq_entropy_weight: float, lfq_diversity_gamma: float,
+                   lfq_commitment_weight: float) -> nn.Module:
         if quantizer == "vq":
             return vqp.VectorQuantize(
                 dim=codebook_dim, codebook_size=num_tokens, decay=codebook_decay, commitment_weight=commitment_weight,
@@ -175,14 +181,15 @@ class VQVAE(PretrainedMixin, nn.Module, register=True):
         if quantizer == "fsq":
             return vqp.FSQ(levels=list(levels), dim=codebook_dim)
         return vqp.LFQ(dim=codebook_dim, codebook_size=num_tokens, entropy_loss_weight=lfq_entropy_weight,
-                       diversity_gamma=lfq_diversity_gamma)
+                       diversity_gamma=lfq_diversity_gamma, commitment_loss_weight=lfq_commitment_weight)
 
     @classmethod
     def check_keywords(cls, *, image_size: int, num_tokens: int, codebook_dim: int, num_layers: int,
                        num_resnet_blocks: int, hidden_dim: int, channels: int, quantizer: str,
                        commitment_weight: float, codebook_decay: float, dead_code_threshold: float,
                        fsq_levels: Optional[Sequence[int]], lfq_entropy_weight: float,
-                       lfq_diversity_gamma: float, lfq_temperature: float, **_: object) -> Optional[Tuple[int, ...]]:
+                       lfq_diversity_gamma: float, lfq_temperature: float, lfq_commitment_weight: float,
+                       **_: object) -> Optional[Tuple[int, ...]]:
         """Raise ValueError / TypeError for keywords that cannot build a VQVAE (without building one); returns
         the FSQ levels (None for the other quantisers)."""
         for name, value, minimum in [("image_size", image_size, 1), ("num_tokens", num_tokens, 2),
@@ -202,6 +209,7 @@ class VQVAE(PretrainedMixin, nn.Module, register=True):
         check_float("lfq_entropy_weight", lfq_entropy_weight, low=0)
         check_float("lfq_diversity_gamma", lfq_diversity_gamma, low=0)
         check_float("lfq_temperature", lfq_temperature, low=0, low_open=True)
+        check_float("lfq_commitment_weight", lfq_commitment_weight, low=0)
 
         if quantizer == "lfq" and num_tokens & (num_tokens - 1):
             raise ValueError(f"LFQ's codebook is every sign pattern of log2(num_tokens) bits: num_tokens must be a "

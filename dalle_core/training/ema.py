@@ -1,6 +1,7 @@
 """An exponential moving average of a model's weights (the paper averages its dVAE iterates with decay 0.999)."""
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Any, Dict
 
 import torch
@@ -24,7 +25,9 @@ class EMA:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay = float(decay)
         self.num_updates = 0
-        self.model = build_like(model).float().eval()
+        # a dalle_core model is rebuilt from its config; a trainer's composite (a VQGAN with its loss) is copied
+        copy = build_like(model) if isinstance(getattr(model, "config", None), dict) else deepcopy(model)
+        self.model = copy.float().eval()
         self.model.load_state_dict(model.state_dict())
         self.model.requires_grad_(False)
 

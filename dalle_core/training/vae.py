@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Tuple
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from ..pretrained import from_pretrained
+from ..errors import CheckpointError
+from ..pretrained import from_pretrained, read_safetensors, write_safetensors
+from ..validation import check_finite
 from ..utils import check_float, check_int
 from ..models.vae import DiscreteVAE, codebook_usage
+from ..models.vqgan import LPIPS, VQGANLoss, VQGanVAE, vqgan_architecture
 from ..models.vqvae import VQVAE
 from .batches import Batch
 from .common import Trainer
@@ -29,10 +33,18 @@ SHARED = ("image_size", "num_tokens", "codebook_dim", "num_layers", "num_resnet_
           "smooth_l1_loss")  # keywords every kind takes, with the same meaning
 
 
+VQGAN_SHARED = tuple(k for k in SHARED if k not in ("smooth_l1_loss", "channels"))  # a VQGAN: L1, RGB
+LOSS_FILE = "vqgan_loss.safetensors"  # a VQGAN run's discriminator, beside the VQGAN in a checkpoint's model/
+
+
 @dataclass
+@model_options(VQGANLoss, skip=("perceptual",),
+               groups=dict(disc_start="optim", disc_weight="optim", disc_factor="optim", codebook_weight="optim",
+                           perceptual_weight="optim"))
 @model_options(VQVAE, skip=SHARED + ("quantizer",),
                groups=dict(commitment_weight="optim", codebook_decay="optim", dead_code_threshold="optim",
-                           lfq_entropy_weight="optim", lfq_diversity_gamma="optim", lfq_temperature="optim"))
+                           lfq_entropy_weight="optim", lfq_diversity_gamma="optim", lfq_temperature="optim",
+                           lfq_commitment_weight="optim"))
 @model_options(DiscreteVAE, defaults=dict(image_size=128, num_tokens=8192, num_resnet_blocks=2, hidden_dim=256,
                                           temperature=1.0),
                groups=dict(temperature="optim", kl_div_loss_weight="optim", entropy_loss_weight="optim",
@@ -42,6 +54,13 @@ class VAETrainConfig(TrainConfig):
     starts, `kl_div_loss_weight` where the KL weight's warm-up ends; `VQVAE`'s), the dVAE's temperature schedule
     and KL warm-up. A keyword of a kind other than `kind` must stay at its default."""
 
+    attention: bool = field(default=True, metadata={
+        "help": "vqgan: self-attention blocks at the code grid's resolution (taming's attn_resolutions)",
+        "group": "model", "model_kwarg": True})
+    lpips_vgg_path: Optional[str] = option(None, "vqgan: torchvision's VGG16 weights (vgg16-397923af.pth), for the "
+                                                 "perceptual loss; with --lpips-path. Nothing is downloaded", "optim")
+    lpips_path: Optional[str] = option(None, "vqgan: LPIPS's linear layers (taming's vgg.pth), for the perceptual "
+                                             "loss; with --lpips-vgg-path", "optim")
     kind: str = option("dvae", "the image tokenizer: dvae (Gumbel-softmax dVAE), vq (VQ-VAE, EMA codebook), fsq "
                                "(finite scalar quantisation), lfq (lookup-free quantisation) or vqgan (taming's "
                                "VQGAN with a patch discriminator)", "model")
@@ -83,9 +102,10 @@ class VAETrainConfig(TrainConfig):
 
     def kind_keywords(self) -> Tuple[str, ...]:
         """The keyword fields the model of `kind` takes."""
+        if self.kind == "vqgan":
+            return VQGAN_SHARED + ("attention",) + tuple(inspect.signature(VQGANLoss.__init__).parameters)
         cls = DiscreteVAE if self.kind == "dvae" else VQVAE
-        names = tuple(inspect.signature(cls.__init__).parameters)
-        return names if self.kind != "vqgan" else SHARED
+        return tuple(inspect.signature(cls.__init__).parameters)
 
     def model_kwargs(self) -> Dict[str, Any]:
         """The keywords of the model `kind` builds."""
@@ -95,13 +115,29 @@ class VAETrainConfig(TrainConfig):
             kwargs["quantizer"] = self.kind
         return kwargs
 
+    def architecture_kwargs(self) -> Dict[str, Any]:
+        """vqgan: the keywords of `vqgan_architecture`."""
+        return {k: getattr(self, k) for k in VQGAN_SHARED + ("attention",)}
+
+    def loss_kwargs(self) -> Dict[str, Any]:
+        """vqgan: the keywords of `VQGANLoss` (its perceptual network aside)."""
+        names = inspect.signature(VQGANLoss.__init__).parameters
+        return {k: getattr(self, k) for k in names if k not in ("self", "perceptual")}
+
     def check_model(self, **extra: Any) -> None:
         """Refuse keywords that cannot build the model, before any data is read (the dVAE is built on the meta
         device; the others check their keywords without building anything)."""
         if self.kind == "dvae":
-            super().check_model()
+            with warnings.catch_warnings(), torch.device("meta"):
+                warnings.simplefilter("ignore")
+                DiscreteVAE(**self.model_kwargs())
         elif self.kind == "vqgan":
-            raise NotImplementedError("vqgan")
+            if (self.lpips_vgg_path is None) != (self.lpips_path is None):
+                raise ValueError("the perceptual loss needs both --lpips-vgg-path and --lpips-path (or neither)")
+            with warnings.catch_warnings(), torch.device("meta"):
+                warnings.simplefilter("ignore")
+                VQGanVAE(architecture=vqgan_architecture(**self.architecture_kwargs()), image_size=self.image_size)
+                VQGANLoss(**self.loss_kwargs())
         else:
             VQVAE.check_keywords(**self.model_kwargs())
 
@@ -114,6 +150,9 @@ class VAETrainConfig(TrainConfig):
         return cosine_ramp(step, self.kl_div_loss_weight, self.kl_warmup_steps)
 
 
+VAETrainConfig.model_class = DiscreteVAE  # the default kind's (`model_options` left the last class it read)
+
+
 def build_tokenizer(config: VAETrainConfig) -> nn.Module:
     """A freshly initialised model of `config.kind` with the config's keywords (for vqgan: the VQGAN and its
     training loss, the discriminator, together)."""
@@ -121,8 +160,35 @@ def build_tokenizer(config: VAETrainConfig) -> nn.Module:
     if config.kind == "dvae":
         return DiscreteVAE(**kwargs)
     if config.kind == "vqgan":
-        raise NotImplementedError("vqgan")  # filled in below
+        vae = VQGanVAE(architecture=vqgan_architecture(**config.architecture_kwargs()), image_size=config.image_size,
+                       trainable=True)
+        return VQGANTraining(vae, build_vqgan_loss(config))
     return VQVAE(**kwargs)
+
+
+def build_vqgan_loss(config: VAETrainConfig) -> VQGANLoss:
+    """The VQGAN loss `config` describes, with the LPIPS network read from its files when it names them."""
+    perceptual = None
+    if config.lpips_vgg_path is not None:
+        perceptual = LPIPS.from_files(config.lpips_vgg_path, config.lpips_path)
+    return VQGANLoss(**config.loss_kwargs(), perceptual=perceptual)
+
+
+class VQGANTraining(nn.Module):
+    """What `train-vae --kind vqgan` trains: the VQGAN (`vae`) and its loss (`loss`, which holds the discriminator),
+    one optimizer over both; `module(images, step)` is `loss(vae, images, step)`."""
+
+    def __init__(self, vae: VQGanVAE, loss: VQGANLoss):
+        super().__init__()
+        self.vae, self.loss = vae, loss
+
+    def forward(self, images: Tensor, step: int) -> Tuple[Tensor, Dict[str, float]]:
+        """(loss, metrics) of one batch at update `step` (see `VQGANLoss`)."""
+        return self.loss(self.vae, images, step)
+
+    def discriminator_state(self) -> Dict[str, Tensor]:
+        """The loss's own trained state: its discriminator (the LPIPS network is read from its files)."""
+        return {f"discriminator.{k}": v for k, v in self.loss.discriminator.state_dict().items()}
 
 
 def tokenizer_of(model: nn.Module) -> nn.Module:
@@ -140,16 +206,43 @@ class VAETrainer(Trainer):
     def build_model(self) -> nn.Module:
         return build_tokenizer(self.config)
 
-    def load_model(self, directory: Path) -> nn.Module:
-        return from_pretrained(None, directory)
-
     def dataset_options(self, model: nn.Module) -> Dict[str, Any]:
         # images only: those without a caption are used too; one truncated token keeps reading captions cheap
         vae = tokenizer_of(model)
         return dict(text_len=1, image_size=vae.image_size, tokenizer=None, transparent=vae.channels == 4,
                     truncate_captions=True, require_captions=False)
 
+    def load_model(self, directory: Path) -> nn.Module:
+        model = from_pretrained(None, directory)
+        if self.config.kind != "vqgan":
+            return model
+        if not isinstance(model, VQGanVAE):
+            raise CheckpointError(f"{directory}: holds a {type(model).__name__}, not the VQGAN of a --kind vqgan run")
+        training = VQGANTraining(model, build_vqgan_loss(self.config))
+        if not (directory / LOSS_FILE).is_file():
+            raise CheckpointError(f"{directory}: lacks {LOSS_FILE}, the discriminator of a --kind vqgan run; "
+                                  "this checkpoint cannot resume the run")
+        state = read_safetensors(directory / LOSS_FILE)
+        expected = training.discriminator_state()
+        if set(state) != set(expected) or any(state[k].shape != v.shape for k, v in expected.items()):
+            raise CheckpointError(f"{directory / LOSS_FILE}: does not hold this run's discriminator (other tensors "
+                                  "or shapes); were the --disc-layers / --disc-channels flags changed?")
+        check_finite(state, directory / LOSS_FILE)
+        training.loss.load_state_dict({**training.loss.state_dict(), **state})
+        return training
+
+    def export(self, model: nn.Module, directory: Path) -> None:
+        if isinstance(model, VQGANTraining):  # the VQGAN as a VQGanVAE folder, the discriminator beside it
+            model.vae.save_pretrained(directory)
+            write_safetensors(directory / LOSS_FILE, model.discriminator_state())
+        else:
+            model.save_pretrained(directory)
+
     def compute_loss(self, model: nn.Module, batch: Batch, step: int) -> Tuple[Tensor, Dict[str, float]]:
+        if self.config.kind == "vqgan":
+            loss, metrics = model(batch.images, step)
+            metrics.pop("loss")  # the logged loss is the running mean of the returned one
+            return loss, metrics
         if self.config.kind != "dvae":
             return model(batch.images, return_loss=True), {}
         temp, kl_weight = self.config.temperature_at(step), self.config.kl_weight_at(step)
