@@ -25,7 +25,7 @@ from dalle_core.models.vqgan import (DEFAULT_CONFIG_NAME, DEFAULT_CONFIG_URL, DE
 from dalle_core.pickles import UnsafePickleError
 from dalle_core.pretrained import build_like
 
-from helpers import FIXTURE_DIR, TESTS_DIR
+from helpers import FIXTURE_DIR, TESTS_DIR, one_thread  # noqa: F401  (one_thread: autouse)
 
 KINDS = ("vq", "gumbel")
 MAKE_VQGAN_FIXTURES = TESTS_DIR / "reference" / "make_vqgan_fixtures.py"
@@ -33,14 +33,6 @@ TOL = 1e-5
 TINY = {"kind": "vq", "embed_dim": 4, "n_embed": 32, "ddconfig": dict(
     double_z=False, z_channels=4, resolution=16, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2], num_res_blocks=1,
     attn_resolutions=[8], dropout=0.0)}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def load(directory: Path, kind: str) -> VQGanVAE:

@@ -22,19 +22,11 @@ from dalle_core.models.vqgan import (LPIPS, NLayerDiscriminator, VectorQuantizer
                                      hinge_d_loss, vqgan_architecture)
 from dalle_core.models.vqgan.losses import VGG16_CONVS
 
-from helpers import FIXTURE_DIR, TESTS_DIR
+from helpers import FIXTURE_DIR, TESTS_DIR, one_thread  # noqa: F401  (one_thread: autouse)
 
 # 16x16 images, an 8x8 grid of 16 codes: the smallest taming VQGAN (GroupNorm needs 32 channels a level)
 TINY = dict(image_size=16, num_layers=1, num_tokens=16, codebook_dim=8, hidden_dim=32)
 EXACT = "donot_use_mm_for_euclid_dist"  # torch.cdist without the matrix-product shortcut, which rounds
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_vae(**kwargs) -> VQGanVAE:

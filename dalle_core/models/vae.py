@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from ..utils import check_float, check_images, check_int, check_token_ids, default, eval_decorator
 from ..pretrained import PretrainedMixin
 
-__all__ = ["DiscreteVAE", "ResBlock", "CodebookUsage", "codebook_usage", "conv_autoencoder"]
+__all__ = ["DiscreteVAE", "ResBlock", "CodebookUsage", "codebook_usage", "conv_autoencoder",
+           "check_conv_sizes"]
 
 DEFAULT_NORMALIZATION = ((0.5, 0.5, 0.5, 0.0), (0.5, 0.5, 0.5, 1.0))  # (means, stds); sliced to `channels`
 
@@ -56,6 +57,21 @@ class CodebookUsage:
     usage: float  # fraction of the codebook seen at least once
     perplexity: float  # exp(entropy of the code histogram): num_tokens when uniform, 1 when collapsed
     counts: Tensor  # (num_tokens,) how often each code occurs
+
+
+def check_conv_sizes(*, image_size: int, num_tokens: int, codebook_dim: int, num_layers: int, num_resnet_blocks: int,
+                     hidden_dim: int, channels: int, min_tokens: int = 1) -> None:
+    """ValueError / TypeError unless the sizes build a `conv_autoencoder` over images of `image_size` pixels (a
+    power of 2, at least 2**num_layers) with a codebook of at least `min_tokens` codes."""
+    for name, value, minimum in [("image_size", image_size, 1), ("num_tokens", num_tokens, min_tokens),
+                                 ("codebook_dim", codebook_dim, 1), ("num_layers", num_layers, 1),
+                                 ("num_resnet_blocks", num_resnet_blocks, 0), ("hidden_dim", hidden_dim, 1),
+                                 ("channels", channels, 1)]:
+        check_int(name, value, minimum)
+    if image_size & (image_size - 1):
+        raise ValueError(f"image_size must be a power of 2, got {image_size}")
+    if image_size < 2 ** num_layers:
+        raise ValueError(f"image_size must be at least 2**num_layers = {2 ** num_layers}, got {image_size}")
 
 
 def conv_autoencoder(*, channels: int, hidden_dim: int, num_layers: int, num_resnet_blocks: int, latent_out: int,
@@ -167,15 +183,8 @@ class DiscreteVAE(PretrainedMixin, nn.Module, register=True):
         normalization: Optional[Sequence[Sequence[float]]] = DEFAULT_NORMALIZATION,
     ):
         super().__init__()
-        for name, value, minimum in [("image_size", image_size, 1), ("num_tokens", num_tokens, 1),
-                                     ("codebook_dim", codebook_dim, 1), ("num_layers", num_layers, 1),
-                                     ("num_resnet_blocks", num_resnet_blocks, 0), ("hidden_dim", hidden_dim, 1),
-                                     ("channels", channels, 1)]:
-            check_int(name, value, minimum)
-        if image_size & (image_size - 1):
-            raise ValueError(f"image_size must be a power of 2, got {image_size}")
-        if image_size < 2 ** num_layers:
-            raise ValueError(f"image_size must be at least 2**num_layers = {2 ** num_layers}, got {image_size}")
+        check_conv_sizes(image_size=image_size, num_tokens=num_tokens, codebook_dim=codebook_dim, num_layers=num_layers,
+                         num_resnet_blocks=num_resnet_blocks, hidden_dim=hidden_dim, channels=channels)
         check_float("temperature", temperature, low=0, low_open=True)
         check_float("kl_div_loss_weight", kl_div_loss_weight, low=0)
         check_float("entropy_loss_weight", entropy_loss_weight, low=0)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..pretrained import PretrainedMixin
 from ..utils import check_float, check_images, check_int, check_token_ids, eval_decorator
-from .vae import CodebookUsage, codebook_usage, conv_autoencoder
+from .vae import CodebookUsage, check_conv_sizes, codebook_usage, conv_autoencoder
 
 __all__ = ["VQVAE", "QUANTIZERS", "fsq_levels"]
 
@@ -192,15 +192,8 @@ class VQVAE(PretrainedMixin, nn.Module, register=True):
                        **_: object) -> Optional[Tuple[int, ...]]:
         """Raise ValueError / TypeError for keywords that cannot build a VQVAE (without building one); returns
         the FSQ levels (None for the other quantisers)."""
-        for name, value, minimum in [("image_size", image_size, 1), ("num_tokens", num_tokens, 2),
-                                     ("codebook_dim", codebook_dim, 1), ("num_layers", num_layers, 1),
-                                     ("num_resnet_blocks", num_resnet_blocks, 0), ("hidden_dim", hidden_dim, 1),
-                                     ("channels", channels, 1)]:
-            check_int(name, value, minimum)
-        if image_size & (image_size - 1):
-            raise ValueError(f"image_size must be a power of 2, got {image_size}")
-        if image_size < 2 ** num_layers:
-            raise ValueError(f"image_size must be at least 2**num_layers = {2 ** num_layers}, got {image_size}")
+        check_conv_sizes(image_size=image_size, num_tokens=num_tokens, codebook_dim=codebook_dim, num_layers=num_layers,
+                         num_resnet_blocks=num_resnet_blocks, hidden_dim=hidden_dim, channels=channels, min_tokens=2)
         if quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
         check_float("commitment_weight", commitment_weight, low=0)
