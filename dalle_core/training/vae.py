@@ -91,8 +91,7 @@ class VAETrainConfig(TrainConfig):
         stray = [name for name in self.all_model_kwargs() if name not in takes and getattr(self, name) != defaults[name]]
         if stray:
             flags = ", ".join("--" + n.replace("_", "-") for n in stray)
-            raise ValueError(f"{flags} {'does' if len(stray) == 1 else 'do'} not apply to --kind {self.kind} "
-                             f"(only to {', '.join(k for k in KINDS if k != self.kind)}): leave "
+            raise ValueError(f"{flags} {'does' if len(stray) == 1 else 'do'} not apply to --kind {self.kind}: leave "
                              f"{'it' if len(stray) == 1 else 'them'} at the default")
         self.check_model()
 
