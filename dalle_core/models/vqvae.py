@@ -59,14 +59,15 @@ def fsq_levels(num_tokens: int) -> Tuple[int, ...]:
                          f"num_tokens made of small factors (e.g. {2 ** round(math.log2(num_tokens))}) or pass "
                          "fsq_levels")
     cap = 8 if primes[-1] <= 8 else MAX_FSQ_LEVEL
-    best = None
+    levels0 = tuple(sorted(primes, reverse=True))  # every prime its own level: always valid, rarely best
+    best = ((len(levels0), levels0[0] - levels0[-1]), levels0)
     # every way of grouping the prime factors into levels <= cap (few factors: a plain search is instant)
 
     def search(rest: list, levels: list) -> None:
         nonlocal best
         if not rest:
             key = (len(levels), max(levels) - min(levels))
-            if best is None or key < best[0]:
+            if key < best[0]:
                 best = (key, tuple(sorted(levels, reverse=True)))
             return
         p, tail = rest[0], rest[1:]
@@ -78,7 +79,6 @@ def fsq_levels(num_tokens: int) -> Tuple[int, ...]:
         search(tail, levels + [p])  # or start a new one
 
     search(primes, [])
-    assert best is not None
     return best[1]
 
 
