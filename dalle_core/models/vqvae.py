@@ -4,13 +4,15 @@ Three quantisers, chosen with `quantizer=`:
 
 * ``"vq"``: a learned codebook updated by exponential moving averages of the vectors assigned to each code (van
   den Oord et al. 2017, appendix; Razavi et al. 2019), a commitment loss, k-means initialisation from the first
-  training batch and dead-code replacement (a code used less than `dead_code_threshold` times in the moving
-  average is re-seeded from a vector of the batch).
+  batch it sees (vector-quantize-pytorch initialises in eval mode too: train before tokenizing) and dead-code
+  replacement in training (a code used less than `dead_code_threshold` times in the moving average is re-seeded
+  from a vector of the batch).
 * ``"fsq"``: finite scalar quantisation (Mentzer et al. 2023, arXiv 2309.15505): the latent is projected to a few
   dimensions, each bounded and rounded to one of `levels[i]` values; the codebook is the product grid, so every
   code is reachable and no loss is needed. `fsq_levels` defaults to a factorisation of `num_tokens`.
 * ``"lfq"``: lookup-free quantisation (Yu et al. 2023, arXiv 2310.05737): log2(num_tokens) dimensions each
-  quantised to -1 or +1, with the entropy penalty that keeps codes confident and the batch spread over the codebook.
+  quantised to -1 or +1, with the entropy penalty that keeps codes confident and the batch spread over the codebook,
+  and a commitment loss that keeps the latents near +-1 (without it the codebook collapses: docs/measurements.md).
 
 Images go in and come out in [0, 1] (the networks work in [-1, 1]). Codes are (batch, fmap_size**2) in raster
 order, so a `VQVAE` is a drop-in image tokenizer for `DALLE(vae=...)`.
