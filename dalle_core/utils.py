@@ -145,6 +145,16 @@ def check_images(name: str, images: Any, *, channels: int, image_size: int) -> T
     return images
 
 
+def images_for(name: str, images: Any, weight: Tensor, *, channels: int, image_size: int, model: str) -> Tensor:
+    """`images` checked as `check_images` does, refused (naming `model`) when they are not on `weight`'s device,
+    and cast to its dtype (float64 input to a float32 model, float32 into a bf16 one)."""
+    images = check_images(name, images, channels=channels, image_size=image_size)
+    if images.device != weight.device:
+        raise ValueError(f"{name} {'are' if name.endswith('s') else 'is'} on {images.device} but the {model}'s "
+                         f"weights are on {weight.device}; move one of them")
+    return images.to(weight.dtype)
+
+
 def check_same_batch(**tensors: Optional[Tensor]) -> None:
     """Check that all given tensors share their first (batch) dimension."""
     sizes = {k: v.shape[0] for k, v in tensors.items() if v is not None}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..utils import check_float, check_images, check_int, check_token_ids, default, eval_decorator
+from ..utils import check_float, check_int, check_token_ids, default, eval_decorator, images_for
 from ..pretrained import PretrainedMixin
 
 __all__ = ["DiscreteVAE", "ResBlock", "CodebookUsage", "codebook_usage", "conv_autoencoder",
@@ -296,11 +296,8 @@ class DiscreteVAE(PretrainedMixin, nn.Module, register=True):
         temp: Optional[float] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """Reconstruction in [0, 1]; or encoder logits; or the loss (and the reconstruction)."""
-        img = check_images("img", img, channels=self.channels, image_size=self.image_size)
-        weight = self.codebook.weight
-        if img.device != weight.device:
-            raise ValueError(f"img is on {img.device} but the dVAE's weights are on {weight.device}; move one of them")
-        img = self.norm(img.to(weight.dtype))  # float64 input to a float32 model, float32 into a bf16 one
+        img = self.norm(images_for("img", img, self.codebook.weight, channels=self.channels,
+                                   image_size=self.image_size, model="dVAE"))
         logits = self.encoder(img)  # (b, num_tokens, fmap, fmap)
         if return_logits:
             return logits

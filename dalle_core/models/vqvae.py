@@ -29,7 +29,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..pretrained import PretrainedMixin
-from ..utils import check_float, check_images, check_int, check_token_ids, eval_decorator
+from ..utils import check_float, check_int, check_token_ids, eval_decorator, images_for
 from .vae import CodebookUsage, check_conv_sizes, codebook_usage, conv_autoencoder
 
 __all__ = ["VQVAE", "QUANTIZERS", "fsq_levels"]
@@ -230,12 +230,9 @@ class VQVAE(PretrainedMixin, nn.Module, register=True):
 
     def _encode(self, images: Tensor) -> Tensor:
         """(b, c, s, s) images in [0, 1] -> (b, fmap**2, codebook_dim) latents, in the weights' dtype."""
-        images = check_images("images", images, channels=self.channels, image_size=self.image_size)
-        weight = self._weights()
-        if images.device != weight.device:
-            raise ValueError(f"images are on {images.device} but the VQVAE's weights are on {weight.device}; move "
-                             "one of them")
-        return rearrange(self.encoder(images.to(weight.dtype) * 2 - 1), "b d h w -> b (h w) d")
+        images = images_for("images", images, self._weights(), channels=self.channels, image_size=self.image_size,
+                            model="VQVAE")
+        return rearrange(self.encoder(images * 2 - 1), "b d h w -> b (h w) d")
 
     def _quantize(self, latents: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """(quantised latents, codes (b, n), quantiser loss) of (b, n, d) latents, computed in float32."""

@@ -43,7 +43,7 @@ from ...errors import CheckpointError
 from ...files import cache_dir
 from ...pickles import read_pickled
 from ...pretrained import PretrainedMixin
-from ...utils import check_images, check_int, check_token_ids, eval_decorator
+from ...utils import check_int, check_token_ids, eval_decorator, images_for
 from ...validation import check_finite
 from ..vae import CodebookUsage, codebook_usage
 from .config import MAX_RESOLUTION, check_architecture, read_vqgan_config
@@ -171,12 +171,9 @@ class VQGanVAE(PretrainedMixin, nn.Module, register=True):
 
     def _check_input(self, images: Tensor) -> Tensor:
         """`images` checked, as the weights' dtype, mapped to taming's [-1, 1]."""
-        images = check_images("images", images, channels=self.channels, image_size=self.image_size)
-        weight = self._weights()
-        if images.device != weight.device:
-            raise ValueError(f"images are on {images.device} but the VQGAN's weights are on {weight.device}; "
-                             "move one of them")
-        return images.to(weight.dtype) * 2 - 1
+        images = images_for("images", images, self._weights(), channels=self.channels, image_size=self.image_size,
+                            model="VQGAN")
+        return images * 2 - 1
 
     @torch.no_grad()
     @eval_decorator
