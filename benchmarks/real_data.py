@@ -165,7 +165,8 @@ def worker(args: argparse.Namespace) -> None:
         return idx, captions[labels[idx], template]
 
     torch.manual_seed(args.seed)
-    vae = lib.DiscreteVAE(image_size=IMAGE_SIZE, **recipe["vae"])
+    vae_class = getattr(lib, recipe.get("vae_class", "DiscreteVAE"))  # e.g. {"vae_class": "VQVAE"} (ours only)
+    vae = vae_class(image_size=IMAGE_SIZE, **recipe["vae"])
     opt = torch.optim.Adam(vae.parameters(), lr=recipe["vae_lr"])
     start = time.perf_counter()
     for _ in range(recipe["vae_steps"]):
@@ -307,7 +308,8 @@ def main() -> None:
     parser.add_argument("--peer-python", default=os.environ.get("DALLE_CORE_PEER_PYTHON", ".peer-venv/bin/python"))
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every recipe's step counts")
     parser.add_argument("--override", default="", help="JSON merged into each recipe, e.g. "
-                        "'{\"vae\": {\"straight_through\": true}}' (an experiment; use another --out)")
+                        "'{\"vae\": {\"straight_through\": true}}' or '{\"vae_class\": \"VQVAE\"}' "
+                        "(an experiment; use another --out)")
     parser.add_argument("--judge", type=Path, help="a judge.pt saved by an earlier run (default: --out/judge.pt)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes at once (one thread each)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/real_data"))

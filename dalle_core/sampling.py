@@ -27,6 +27,7 @@ __all__ = [
     "with_null_condition",
     "guided_logits",
     "sample_logits",
+    "filtered_probs",
     "check_sampling_args",
 ]
 
@@ -110,12 +111,17 @@ def classifier_free_guidance(cond_logits: Tensor, null_logits: Tensor, scale: fl
     return null_logits + (cond_logits - null_logits) * scale
 
 
-def with_null_condition(text: Tensor, *others: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+def with_null_condition(text: Tensor, *others: Optional[Tensor],
+                        null_text: Optional[Tensor] = None) -> Tuple[Optional[Tensor], ...]:
     """The conditional and the unconditional branch of classifier-free guidance as one batch of 2B:
     `[text ; empty captions]` (all padding, id 0), and each of `others` (images, codes; None stays None)
-    repeated. `guided_logits` turns the logits of such a batch into the guided ones."""
+    repeated. `null_text` (B, text_len), a negative prompt, replaces the empty captions: guidance then steers
+    away from it. `guided_logits` turns the logits of such a batch into the guided ones."""
     doubled = tuple(None if t is None else torch.cat((t, t)) for t in others)
-    return (torch.cat((text, torch.zeros_like(text))), *doubled)
+    null = torch.zeros_like(text) if null_text is None else null_text
+    if null.shape != text.shape:
+        raise ValueError(f"null_text must have the shape of text {tuple(text.shape)}, got {tuple(null.shape)}")
+    return (torch.cat((text, null.to(text.dtype))), *doubled)
 
 
 def guided_logits(logits: Tensor, scale: float) -> Tensor:
@@ -139,6 +145,21 @@ def _sample_logits(logits: Tensor, filter_thres: Optional[float], top_p_value: O
     if top_p_value is not None:
         logits = _top_p(logits, top_p_value)
     return _gumbel_sample(logits, temperature, -1, generator)
+
+
+def filtered_probs(logits: Tensor, *, filter_thres: Optional[float] = DEFAULT_FILTER_THRES,
+                   top_p_value: Optional[float] = None, temperature: float = 1.0) -> Tensor:
+    """The distribution `sample_logits` draws from, as probabilities (..., V) in float32: softmax of the
+    filtered logits at `temperature`; temperature 0 puts all the mass on the argmax (the first one of ties).
+    Settings are not checked here (see `check_sampling_args`)."""
+    if filter_thres is not None:
+        logits = _top_k(logits, filter_thres)
+    if top_p_value is not None:
+        logits = _top_p(logits, top_p_value)
+    logits = logits.float()
+    if temperature == 0:
+        return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+    return (logits / temperature).softmax(dim=-1)
 
 
 def sample_logits(

@@ -74,6 +74,13 @@ class KVCache:
         self.offset += n
         self.tokens_processed += n
 
+    def rewind(self, offset: int) -> None:
+        """Forget the positions from `offset` on (speculative decoding rejects drafted positions this way):
+        the next call writes over them. `tokens_processed` keeps counting the work already done."""
+        if not 0 <= offset <= self.offset:
+            raise ValueError(f"can rewind only to an offset in [0, {self.offset}], got {offset}")
+        self.offset = offset
+
     def buffers(self) -> List[Tensor]:
         """The preallocated tensors: keys and values, and the token-shift history when there is one."""
         return [self.kv] if self.shift_history is None else [self.kv, self.shift_history]

@@ -16,22 +16,41 @@ Classifier-free guidance runs the conditional and the unconditional branch as on
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, List, Optional, Tuple, Union
+import functools
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.linear import pack_weight, prepacked
-from ..sampling import DEFAULT_FILTER_THRES, check_sampling_args, guided_logits, sample_logits, with_null_condition
+from ..sampling import (DEFAULT_FILTER_THRES, check_sampling_args, filtered_probs, guided_logits, sample_logits,
+                        with_null_condition)
 from ..utils import autocast_dtype, check_int, check_same_batch, eval_decorator
 from .cache import KVCache
+from .speculative import speculative_decode
 
-__all__ = ["DALLESampling", "PRIME_FRACTION"]
+__all__ = ["DALLESampling", "DecodePlan", "PRIME_FRACTION"]
 
 PRIME_FRACTION = 14 / 32  # default share of the image codes kept from a priming image: the paper's 14 of 32 rows
 
 StepFunction = Callable[[int], Tensor]  # position -> image logits (B, num_image_tokens) for that position
+
+
+class DecodePlan(NamedTuple):
+    """What a decoding loop fills: captions `text` (B, text_seq_len), the code grid `codes` (B, image_seq_len)
+    holding the codes kept from an image, `known` (B, image_seq_len), True where a row keeps its code (None:
+    only the prefix before `first` is kept), and `first`, the first position any row draws."""
+
+    text: Tensor
+    codes: Tensor
+    known: Optional[Tensor]
+    first: int
+
+
+def _ranks(scores: Tensor) -> Tensor:
+    """Rank of each entry along the last dim, 0 for the highest score."""
+    return scores.argsort(dim=-1, descending=True).argsort(dim=-1)
 
 
 class DALLESampling:
@@ -107,26 +126,36 @@ class DALLESampling:
 
     def _step_function(self, text_ids: Tensor, codes: Tensor, cache: Optional[KVCache], head: Optional[Tensor],
                        compile: bool) -> StepFunction:
-        """The function giving the logits of position `pos` once codes[:, :pos] are known (after the prefill)."""
+        """The function giving the logits of image position `pos` once codes[:, :pos] are known (after the
+        prefill); eager, it runs every position the cache lacks at once, compiled, one position per call."""
         if not compile:
             return lambda pos: self._image_logits(text_ids, codes[:, :pos], cache, head)
         compiled = self.compiled_image_step()
         where = torch.zeros(1, dtype=torch.long, device=codes.device)  # one tensor: its address never changes
 
         def step(pos: int) -> Tensor:
-            logits = compiled(codes[:, pos - 1], where.fill_(self.text_seq_len + pos), cache, head)
-            cache.advance(1)
-            return logits
+            while True:  # feed the codes the cache lacks one by one, up to codes[:, pos - 1]
+                fed = cache.offset - (self.text_seq_len + 1)
+                logits = compiled(codes[:, fed], where.fill_(cache.offset), cache, head)
+                cache.advance(1)
+                if fed == pos - 1:
+                    return logits
 
         return step
 
-    def _decode(self, text: Tensor, codes: Tensor, num_primed: int, *, cond_scale: float, use_cache: bool,
-                compile: bool, sample: Callable[[Tensor], Tensor]) -> Tensor:
-        """Fill codes[:, num_primed:] (B, image_seq_len) position by position; `sample` draws from logits."""
+    def _decode(self, plan: "DecodePlan", *, scales: List[float], negative: Optional[Tensor], use_cache: bool,
+                compile: bool, sample: Callable[[Tensor], Tensor]) -> Iterator[Tuple[int, Tensor]]:
+        """Fill the positions of `plan.codes` that `plan.known` leaves free, in raster order; yields (positions
+        done, codes (B, image_seq_len)) after each position (a view that keeps filling: clone to keep it).
+
+        scales: the guidance scale of every image position (1 = the conditional logits alone); the batch is
+        doubled (conditional ; `negative` or empty captions) when any of them is not 1. `sample` draws codes
+        (B,) from logits (B, num_image_tokens)."""
+        text, codes, known, first = plan.text, plan.codes, plan.known, plan.first
         batch = text.shape[0]
-        guided = cond_scale != 1
-        if guided:
-            text, codes = with_null_condition(text, codes)
+        doubled = any(scale != 1 for scale in scales[first:])
+        if doubled:
+            text, codes = with_null_condition(text, codes, null_text=negative)
         rows = text.shape[0]
         text_ids = self._text_ids(text)
         # eager decoding on the CPU: weights prepacked for oneDNN (a compiled step leaves that to the compiler)
@@ -136,28 +165,76 @@ class DALLESampling:
             cache = None
             if use_cache:
                 cache = self._compiled_cache(rows, text.device) if compile else self.make_cache(rows)
-            logits = self._image_logits(text_ids, codes[:, :num_primed], cache, head)  # the prefill
+            logits = self._image_logits(text_ids, codes[:, :first], cache, head)  # the prefill
+            have = first  # the position `logits` belong to
             step = self._step_function(text_ids, codes, cache, head, compile)
-            for pos in range(num_primed, self.image_seq_len):
-                if pos > num_primed:
-                    logits = step(pos)
-                if guided:
-                    logits = guided_logits(logits, cond_scale)
+            for pos in range(first, self.image_seq_len):
+                if known is not None and bool(known[:, pos].all()):
+                    yield pos + 1, codes[:batch]  # every row keeps its own code here: nothing to draw
+                    continue
+                if pos != have:
+                    logits, have = step(pos), pos
+                if doubled:
+                    logits = guided_logits(logits, scales[pos]) if scales[pos] != 1 else logits[:batch]
                 drawn = sample(logits)
-                codes[:, pos] = torch.cat((drawn, drawn)) if guided else drawn
-        return codes[:batch].clone()  # a normal tensor again, usable with autograd
+                if known is not None:
+                    drawn = torch.where(known[:, pos], codes[:batch, pos], drawn)
+                codes[:, pos] = torch.cat((drawn, drawn)) if doubled else drawn
+                yield pos + 1, codes[:batch]
 
-    def _primed_codes(self, text: Tensor, img: Optional[Tensor], num_init_img_tokens: Optional[int]
-                      ) -> Tuple[Tensor, int]:
-        """The code grid to decode into (B, image_seq_len), its first codes taken from `img`, and their count."""
+    def _plan(self, text: Tensor, img: Optional[Tensor], mask: Optional[Tensor],
+              num_init_img_tokens: Optional[int]) -> "DecodePlan":
+        """What to decode: the code grid (B, image_seq_len) with the codes kept from `img`, which positions
+        are kept (`known`, None when only a prefix is), and the first position to draw."""
+        codes = torch.zeros(text.shape[0], self.image_seq_len, dtype=torch.long, device=text.device)
+        if mask is None:
+            num_primed = self._prime(text, img, num_init_img_tokens, codes)
+            return DecodePlan(text, codes, None, num_primed)
+        if num_init_img_tokens is not None:
+            raise ValueError("pass either mask= (the codes to regenerate) or num_init_img_tokens= (keep a prefix), "
+                             "not both; a mask that is False on the first rows keeps them")
+        if img is None:
+            raise ValueError("mask marks the part of `img` to regenerate, but no img was given: pass img=images "
+                             "(or codes) to edit")
+        if isinstance(img, Tensor):
+            check_same_batch(text=text, img=img)
+        image_codes = self._image_codes(img, "img").to(codes.device)
+        if image_codes.shape[1] != self.image_seq_len:
+            raise ValueError(f"with a mask, img must be whole images or all {self.image_seq_len} codes, got "
+                             f"{image_codes.shape[1]} codes per image")
+        regenerate = self._code_mask(mask, text.shape[0]).to(codes.device)  # (B, image_seq_len)
+        known = ~regenerate
+        codes = torch.where(known, image_codes, codes)
+        free = regenerate.any(0)
+        first = int(free.nonzero()[0]) if bool(free.any()) else self.image_seq_len
+        return DecodePlan(text, codes, known, first)
+
+    def _code_mask(self, mask: Any, batch: int) -> Tensor:
+        """A boolean mask over pixels (B or 1, H, W) or over the code grid (B or 1, fmap, fmap), True =
+        regenerate, as (batch, image_seq_len) over the codes: a code is redrawn when any pixel of its cell is."""
+        fmap, size = self.image_fmap_size, self.vae.image_size
+        expected = (f"a boolean tensor (batch or 1, {size}, {size}) over pixels or (batch or 1, {fmap}, {fmap}) "
+                    f"over the code grid, True = regenerate")
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"mask must be {expected}, got {type(mask).__name__}")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be {expected}, got dtype {mask.dtype} (use mask > 0.5 or mask.bool())")
+        if mask.ndim != 3 or tuple(mask.shape[1:]) not in ((size, size), (fmap, fmap)) or mask.shape[0] not in (1, batch):
+            raise ValueError(f"mask must be {expected}, got shape {tuple(mask.shape)}")
+        if mask.shape[1] == size:
+            cell = size // fmap
+            mask = mask.reshape(mask.shape[0], fmap, cell, fmap, cell).any(dim=4).any(dim=2)
+        return mask.reshape(mask.shape[0], -1).expand(batch, -1)
+
+    def _prime(self, text: Tensor, img: Optional[Tensor], num_init_img_tokens: Optional[int], codes: Tensor) -> int:
+        """Write the first codes of `img` into `codes` (B, image_seq_len); returns how many were kept."""
         if num_init_img_tokens is not None:
             if img is None:
                 raise ValueError("num_init_img_tokens is the number of codes kept from `img`, but no img was given: "
                                  "pass img=images (or codes) to prime with, or drop num_init_img_tokens")
             check_int("num_init_img_tokens", num_init_img_tokens)
-        codes = torch.zeros(text.shape[0], self.image_seq_len, dtype=torch.long, device=text.device)
         if img is None:
-            return codes, 0
+            return 0
         if isinstance(img, Tensor):
             check_same_batch(text=text, img=img)
         primed = self._image_codes(img, "img")
@@ -168,7 +245,64 @@ class DALLESampling:
             raise ValueError(f"img holds {primed.shape[1]} codes per image but num_init_img_tokens={num_primed} "
                              f"of them are kept: pass at least {num_primed} codes (or whole images)")
         codes[:, :num_primed] = primed[:, :num_primed].to(codes.device)
-        return codes, num_primed
+        return num_primed
+
+    def _guidance_scales(self, cond_scale: float, cfg_interval: Optional[Tuple[float, float]]) -> List[float]:
+        """The guidance scale of each image position: `cond_scale` where position / image_seq_len lies in
+        [start, end) of `cfg_interval` (everywhere without one), 1 elsewhere."""
+        if cfg_interval is None:
+            return [cond_scale] * self.image_seq_len
+        if (not isinstance(cfg_interval, (tuple, list)) or len(cfg_interval) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in cfg_interval)
+                or not 0 <= cfg_interval[0] <= cfg_interval[1] <= 1):
+            raise ValueError(f"cfg_interval must be (start, end) with 0 <= start <= end <= 1, the fraction of the "
+                             f"image positions to guide, got {cfg_interval!r}")
+        start, end = cfg_interval
+        return [cond_scale if start <= pos / self.image_seq_len < end else 1.0 for pos in range(self.image_seq_len)]
+
+    def _codes_iter(self, text: Tensor, *, filter_thres: Optional[float] = DEFAULT_FILTER_THRES,
+                    temperature: float = 1.0, top_p: Optional[float] = None, img: Optional[Tensor] = None,
+                    mask: Optional[Tensor] = None, num_init_img_tokens: Optional[int] = None,
+                    cond_scale: float = 1.0, negative_text: Optional[Tensor] = None,
+                    cfg_interval: Optional[Tuple[float, float]] = None, use_cache: bool = False,
+                    generator: Optional[torch.Generator] = None, compile: bool = False,
+                    speculative: Optional[int] = None) -> Iterator[Tuple[int, Tensor]]:
+        """Check every setting once, then decode: yields (positions done, codes (B, image_seq_len))."""
+        if compile and not use_cache:
+            raise ValueError("compile=True compiles the cached decoding step: pass use_cache=True too")
+        # every setting is checked here, once: the decoding loop samples with `sample_logits(check=False)`
+        check_sampling_args(temperature=temperature, filter_thres=filter_thres, top_p=top_p, cond_scale=cond_scale)
+        text = self._check_text(text)
+        if (negative_text is not None or cfg_interval is not None) and cond_scale == 1:
+            raise ValueError("negative_text and cfg_interval shape classifier-free guidance, which is off at "
+                             "cond_scale=1: pass a cond_scale other than 1 too")
+        negative = None
+        if negative_text is not None:
+            negative = self._check_text(negative_text)
+            if negative.shape[0] == 1:
+                negative = negative.expand(text.shape[0], -1)
+            check_same_batch(text=text, negative_text=negative)
+            negative = negative.to(text.device)
+        scales = self._guidance_scales(cond_scale, cfg_interval)
+        if speculative is not None and compile:
+            raise ValueError("speculative decoding runs blocks of positions eagerly: drop compile=True")
+        plan = self._plan(text, img, mask, num_init_img_tokens)
+        if plan.first == self.image_seq_len:  # nothing to draw
+            yield self.image_seq_len, plan.codes
+            return
+        if speculative is not None:
+            probs = functools.partial(filtered_probs, filter_thres=filter_thres, top_p_value=top_p,
+                                      temperature=temperature)
+            yield from speculative_decode(self, plan, k=speculative, scales=scales, negative=negative, probs=probs,
+                                          generator=generator)
+            return
+
+        def sample(logits: Tensor) -> Tensor:
+            return sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p, temperature=temperature,
+                                 generator=generator, check=False)
+
+        yield from self._decode(plan, scales=scales, negative=negative, use_cache=use_cache, compile=compile,
+                                sample=sample)
 
     # --- public API ------------------------------------------------------------------------------------------
 
@@ -182,26 +316,25 @@ class DALLESampling:
         temperature: float = 1.0,
         top_p: Optional[float] = None,
         img: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
         num_init_img_tokens: Optional[int] = None,
         cond_scale: float = 1.0,
+        negative_text: Optional[Tensor] = None,
+        cfg_interval: Optional[Tuple[float, float]] = None,
         use_cache: bool = False,
         generator: Optional[torch.Generator] = None,
         compile: bool = False,
+        speculative: Optional[int] = None,
     ) -> Tensor:
         """Sample image codes (B, image_seq_len) for captions `text`; see `generate_images`."""
-        if compile and not use_cache:
-            raise ValueError("compile=True compiles the cached decoding step: pass use_cache=True too")
-        # every setting is checked here, once: the decoding loop samples with `sample_logits(check=False)`
-        check_sampling_args(temperature=temperature, filter_thres=filter_thres, top_p=top_p, cond_scale=cond_scale)
-        text = self._check_text(text)
-        codes, num_primed = self._primed_codes(text, img, num_init_img_tokens)
-
-        def sample(logits: Tensor) -> Tensor:
-            return sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p, temperature=temperature,
-                                 generator=generator, check=False)
-
-        return self._decode(text, codes, num_primed, cond_scale=cond_scale, use_cache=use_cache, compile=compile,
-                            sample=sample)
+        codes = None
+        for _, codes in self._codes_iter(
+                text, filter_thres=filter_thres, temperature=temperature, top_p=top_p, img=img, mask=mask,
+                num_init_img_tokens=num_init_img_tokens, cond_scale=cond_scale, negative_text=negative_text,
+                cfg_interval=cfg_interval, use_cache=use_cache, generator=generator, compile=compile,
+                speculative=speculative):
+            pass
+        return codes.clone()  # a normal tensor again, usable with autograd
 
     @torch.no_grad()
     def generate_images(
@@ -212,33 +345,147 @@ class DALLESampling:
         filter_thres: Optional[float] = DEFAULT_FILTER_THRES,
         temperature: float = 1.0,
         img: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
         num_init_img_tokens: Optional[int] = None,
         cond_scale: float = 1.0,
+        negative_text: Optional[Tensor] = None,
+        cfg_interval: Optional[Tuple[float, float]] = None,
         use_cache: bool = False,
         top_p: Optional[float] = None,
         generator: Optional[torch.Generator] = None,
         compile: bool = False,
+        speculative: Optional[int] = None,
+        rerank: Optional[str] = None,
+        candidates: int = 1,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-        """Images (B, C, H, W) in [0, 1] for captions `text` (B, <= text_seq_len); with `clip`, also its scores.
+        """Images (B, C, H, W) in [0, 1] for captions `text` (B, <= text_seq_len); with `clip` or `rerank`, also
+        their scores (B,).
 
         filter_thres: top-k keeping the top (1 - filter_thres) of the image vocabulary (default
-        `sampling.DEFAULT_FILTER_THRES`, 0.9); top_p: nucleus filtering; img: priming images (or codes) whose
-        first `num_init_img_tokens` codes (default `PRIME_FRACTION`, the paper's 14 of 32 rows) are kept;
-        cond_scale: classifier-free guidance; use_cache: incremental decoding; compile: run each cached
-        decoding step through `torch.compile` (one graph for every position, compiled on the first call: see
-        `compiled_image_step`).
+        `sampling.DEFAULT_FILTER_THRES`, 0.9); top_p: nucleus filtering; temperature: 0 is greedy.
+        img: images (or codes) to start from: their first `num_init_img_tokens` codes (default `PRIME_FRACTION`,
+        the paper's 14 of 32 rows) are kept, or, with `mask`, every code outside the mask.
+        mask: inpainting, outpainting, variations: a boolean tensor, True = regenerate, over pixels (B or 1, H,
+        W) or over the code grid (B or 1, fmap, fmap); a code is redrawn when any pixel of its cell is masked.
+        Codes outside the mask are the image's own, exactly; those inside are drawn in raster order, each
+        conditioned on the caption and every code before it. Known codes after a position do not inform it
+        (the model is autoregressive): a region above kept content is drawn without seeing that content.
+        cond_scale: classifier-free guidance; negative_text: captions (B or 1, <= text_seq_len) to guide away
+        from instead of the empty caption; cfg_interval: (start, end), guide only the image positions p with
+        start <= p / image_seq_len < end (the conditional logits alone elsewhere).
+        use_cache: incremental decoding; compile: run each cached decoding step through `torch.compile` (one
+        graph for every position: see `compiled_image_step`); speculative: draft that many codes per forward
+        pass and accept them by speculative sampling's rule, so that the samples have exactly the distribution
+        of one-code-at-a-time sampling (`models/speculative.py`; it always uses the cache).
+        clip: a CLIP scoring (text, images): returns (images, CLIP scores). rerank: "clip", "likelihood" or
+        "both": draw `candidates` images per caption and keep the best by CLIP's score, by the DALLE's own
+        likelihood of the codes (`score`), or by the sum of the two ranks ("both", ties to CLIP); returns
+        (images, scores), the scores of the kept images, higher is better: the CLIP score, the mean
+        log-likelihood per code (minus `score`), or for "both" 1 - (CLIP rank + likelihood rank) /
+        (2 (candidates - 1)), 1 for the best on both.
         """
+        images, scores = None, None
+        for _, (images, scores) in self._images_iter(
+                text, clip=clip, rerank=rerank, candidates=candidates, stream=False, filter_thres=filter_thres,
+                temperature=temperature, top_p=top_p, img=img, mask=mask, num_init_img_tokens=num_init_img_tokens,
+                cond_scale=cond_scale, negative_text=negative_text, cfg_interval=cfg_interval, use_cache=use_cache,
+                generator=generator, compile=compile, speculative=speculative):
+            pass
+        return images if scores is None else (images, scores)
+
+    def generate_images_stream(self, text: Tensor, **kwargs: Any) -> Iterator[Tuple[int, Any]]:
+        """`generate_images` row by row: yields (rows_done, images (B, C, H, W)) after each row of codes is
+        drawn, decoding the partial grid (rows not drawn yet show the codes they hold: the image's own under
+        `img`, else blank white), and last (image_fmap_size, what `generate_images` returns with the same
+        arguments): with the same seed, the same images (and scores). With `rerank`, the partial images are
+        every candidate (B * candidates, each caption's side by side)."""
+        with torch.no_grad():
+            for rows, (images, scores) in self._images_iter(text, stream=True, **kwargs):
+                yield rows, images if scores is None else (images, scores)
+
+    def _images_iter(self, text: Tensor, *, clip: Optional[nn.Module] = None, rerank: Optional[str] = None,
+                     candidates: int = 1, stream: bool = False, **settings: Any
+                     ) -> Iterator[Tuple[int, Tuple[Tensor, Optional[Tensor]]]]:
+        """The work of `generate_images` and `generate_images_stream`: decode codes (`_codes_iter`), yielding
+        (rows done, (partial images, None)) after each row when `stream`, then (fmap, (images, scores or None))."""
         if clip is not None and not isinstance(clip, nn.Module):  # refused before generating, not after
             raise TypeError(f"clip must be a CLIP module scoring (text, images), got {type(clip).__name__}")
-        codes = self.generate_image_codes(
-            text, filter_thres=filter_thres, temperature=temperature, top_p=top_p, img=img,
-            num_init_img_tokens=num_init_img_tokens, cond_scale=cond_scale, use_cache=use_cache, generator=generator,
-            compile=compile,
-        )
-        images = self.vae.decode(codes)
-        if clip is None:
-            return images
-        return images, clip(self._check_text(text), images)
+        if rerank not in (None, "clip", "likelihood", "both"):
+            raise ValueError(f"rerank must be None, 'clip', 'likelihood' or 'both', got {rerank!r}")
+        if rerank in ("clip", "both") and clip is None:
+            raise ValueError(f"rerank={rerank!r} ranks by CLIP's score: pass clip=a trained CLIP")
+        check_int("candidates", candidates)
+        if candidates > 1 and rerank is None:
+            raise ValueError("candidates > 1 draws several images per caption to keep the best: pass rerank= too")
+        text = self._check_text(text)
+        if candidates > 1:  # each caption's candidates side by side; its image, mask and negative caption too
+            batch = text.shape[0]
+            text = text.repeat_interleave(candidates, 0)
+            for key in ("img", "mask", "negative_text"):
+                value = settings.get(key)
+                if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch > 1:
+                    settings[key] = value.repeat_interleave(candidates, 0)
+                elif isinstance(value, Tensor) and key == "img" and value.ndim > 0 and value.shape[0] == 1:
+                    settings[key] = value.expand(candidates, *value.shape[1:])
+        was_training = self.training
+        self.eval()
+        try:
+            fmap = self.image_fmap_size
+            rows_out, codes = 0, None
+            for done, codes in self._codes_iter(text, **settings):
+                if stream and done // fmap > rows_out and done < self.image_seq_len:
+                    rows_out = done // fmap
+                    yield rows_out, (self._partial_images(codes, rows_out, blank=settings.get("img") is None), None)
+            codes = codes.clone()
+            images = self.vae.decode(codes)
+            if rerank is not None:
+                yield fmap, self._rerank(text, codes, images, clip, rerank, candidates)
+            else:
+                yield fmap, (images, None if clip is None else clip(text, images))
+        finally:
+            self.train(was_training)
+
+    def _partial_images(self, codes: Tensor, rows: int, blank: bool) -> Tensor:
+        """Decode a grid whose first `rows` rows are drawn; with `blank`, the pixels of the others white."""
+        images = self.vae.decode(codes.clone())
+        if blank:
+            images[..., rows * (images.shape[-2] // self.image_fmap_size):, :] = 1.0
+        return images
+
+    def _rerank(self, text: Tensor, codes: Tensor, images: Tensor, clip: Optional[nn.Module], rerank: str,
+                candidates: int) -> Tuple[Tensor, Tensor]:
+        """Keep the best of each caption's `candidates` (consecutive rows): (images, scores), (B, ...) each."""
+        n = candidates
+        loglik = -self.score(text, codes).view(-1, n)
+        if rerank == "likelihood":
+            best, scores = loglik.argmax(-1), loglik
+        else:
+            clip_scores = clip(text, images).view(-1, n).float()
+            best, scores = clip_scores.argmax(-1), clip_scores
+            if rerank == "both":
+                clip_rank = _ranks(clip_scores)
+                ranks = clip_rank + _ranks(loglik)  # 0 = best on both
+                best = (ranks.double() + clip_rank.double() / (2 * n)).argmin(-1)  # ties of the sum go to CLIP
+                scores = 1 - ranks.float() / max(2 * (n - 1), 1)
+        rows = torch.arange(best.shape[0], device=best.device)
+        return images.view(-1, n, *images.shape[1:])[rows, best], scores[rows, best]
+
+    @torch.no_grad()
+    @eval_decorator
+    def score(self, text: Tensor, image: Tensor) -> Tensor:
+        """Each sample's mean negative log-likelihood (nats per code) of its image codes given its caption,
+        (B,), from one forward pass, no sampling: lower is likelier. text: caption ids (B, <= text_seq_len);
+        image: images (B, C, H, W) in [0, 1] (encoded by the VAE) or codes (B, image_seq_len)."""
+        text = self._check_text(text)
+        if isinstance(image, Tensor):
+            check_same_batch(text=text, image=image)
+        codes = self._image_codes(image).to(text.device)
+        if codes.shape[1] != self.image_seq_len:
+            raise ValueError(f"score needs whole images or all {self.image_seq_len} codes per image, got "
+                             f"{codes.shape[1]}")
+        hidden, _ = self._hidden(self._text_ids(text), codes, None)
+        logits = self._logits(hidden[:, self.text_seq_len :], "image").float()  # (B, image_seq_len, V)
+        return F.cross_entropy(logits.transpose(1, 2), codes, reduction="none").mean(dim=1)
 
     @torch.no_grad()
     @eval_decorator
