@@ -102,8 +102,24 @@ def build_parser(command: Optional[str] = "all") -> argparse.ArgumentParser:
                                                       "(default: 0.9, or off when --top-p is given)")
     g.add_argument("--top-p", type=float, help="nucleus sampling: keep the smallest set of codes with this mass")
     g.add_argument("--clip", type=Path, help="a CLIP model directory: rerank each prompt's images, best first")
-    g.add_argument("--img", type=Path, help="an image to prime with: its top rows are kept")
+    g.add_argument("--img", type=Path, help="an image to start from: its top rows are kept (priming), or with "
+                                            "--mask everything outside the mask")
     g.add_argument("--num-init-img-tokens", type=int, help="primed codes (default: 14/32 of the image rows)")
+    g.add_argument("--mask", type=Path, help="inpainting: a PNG the size of --img (resized to the model's), "
+                                             "white = regenerate")
+    g.add_argument("--stream", action="store_true", help="write each batch's images as their rows are drawn "
+                                                         "(PROMPT_FOLDER/stream/)")
+    g.add_argument("--rerank", choices=["clip", "likelihood", "both"],
+                   help="keep the best of --candidates images per image by CLIP (needs --clip with the DALLE's "
+                        "tokenizer), by the DALLE's likelihood, or by both ranks")
+    g.add_argument("--candidates", type=int, default=4, help="candidates per image with --rerank (default: 4)")
+    g.add_argument("--negative", help="a caption to guide away from (needs --cond-scale other than 1)")
+    g.add_argument("--cfg-interval", type=float, nargs=2, metavar=("START", "END"),
+                   help="guide only this fraction of the image positions, e.g. 0 0.5")
+    g.add_argument("--speculative", type=int, metavar="K", help="speculative decoding: K drafted codes per "
+                                                                "forward pass (the same distribution)")
+    g.add_argument("--refine-steps", type=int, default=0, help="CLIP-guided refinement steps after sampling "
+                                                               "(VQGAN-CLIP; needs --clip; default 0)")
     g.add_argument("--seed", type=int, help="seed the sampling for reproducible images")
     g.add_argument("--out", type=Path, default=Path("outputs"), help="output directory (default: outputs)")
     g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
@@ -232,8 +248,9 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
-    from .data.images import load_image, save_image_grid, to_pil
+    from .data.images import load_image, load_mask, save_image_grid, to_pil
     from .models.clip import CLIP
+    from .refine import clip_refine
     from .sampling import DEFAULT_FILTER_THRES, check_sampling_args
     from .tokenizers import find_tokenizer, load_tokenizer
 
@@ -258,14 +275,31 @@ def _generate(args: argparse.Namespace) -> int:
         clip_tokenizer = load_tokenizer(str(saved)) if saved else tokenizer
         if clip.channels != dalle.vae.channels:
             raise ValueError(f"the CLIP takes {clip.channels}-channel images, the DALLE makes {dalle.vae.channels}")
-    primer = None
+    for name, flag in (("refine_steps", "--refine-steps"), ("candidates", "--candidates")):
+        if getattr(args, name) < (0 if name == "refine_steps" else 1):
+            raise ValueError(f"{flag} must be >= {0 if name == 'refine_steps' else 1}, got {getattr(args, name)}")
+    if args.refine_steps and clip is None:
+        raise ValueError("--refine-steps refines the images towards the caption by CLIP's score: pass --clip")
+    if args.rerank in ("clip", "both") and clip is None:
+        raise ValueError(f"--rerank {args.rerank} ranks by CLIP's score: pass --clip")
+    primer = mask = None
     if args.img is not None:
-        primer = load_image(args.img, dalle.vae.image_size, resize_ratio=1.0,
-                            transparent=dalle.vae.channels == 4)[None].to(device)  # (1, C, H, W)
+        primer = load_image(args.img, dalle.vae.image_size, resize_ratio=1.0, transparent=dalle.vae.channels == 4,
+                            generator=torch.Generator().manual_seed(0))[None].to(device)  # (1, C, H, W)
+    if args.mask is not None:
+        if primer is None:
+            raise ValueError("--mask marks the part of --img to regenerate: pass --img too")
+        if args.num_init_img_tokens is not None:
+            raise ValueError("--mask and --num-init-img-tokens both choose the codes kept from --img: pass one")
+        mask = load_mask(args.mask, dalle.vae.image_size,  # (1, H, W), True = regenerate; cropped as --img
+                         generator=torch.Generator().manual_seed(0)).to(device)[None]
     generator = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
     filter_thres = args.filter_thres
     if filter_thres is None and args.top_p is None:
         filter_thres = DEFAULT_FILTER_THRES
+    negative = None
+    if args.negative is not None:
+        negative = tokenizer.tokenize([args.negative], dalle.text_seq_len, truncate_text=True).to(device)
 
     args.out.mkdir(parents=True, exist_ok=True)
     for i, prompt in enumerate(prompts):
@@ -274,33 +308,70 @@ def _generate(args: argparse.Namespace) -> int:
                                                    temperature=args.temperature, generator=generator)
         else:
             text = tokenizer.tokenize([prompt], dalle.text_seq_len, truncate_text=True).to(device)  # (1, text_len)
-        chunks = []
+        ctext = None
+        if clip is not None:
+            ctext = clip_tokenizer.tokenize([prompt], clip.text_seq_len, truncate_text=True).to(device)
+            if args.rerank in ("clip", "both") and not _same_ids(text, ctext):
+                raise ValueError("--rerank gives the CLIP the DALLE's caption ids, but this CLIP's tokenizer "
+                                 "encodes the prompt differently: use --clip alone (it sorts the images by CLIP "
+                                 "with the CLIP's own tokenizer)")
+        folder = args.out / f"{i:03d}-{_slug(prompt)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        chunks, rerank_scores = [], []
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            for start in range(0, args.num_images, args.batch_size):
+            for batch_index, start in enumerate(range(0, args.num_images, args.batch_size)):
                 b = min(args.batch_size, args.num_images - start)
-                chunks.append(dalle.generate_images(
-                    text.expand(b, -1), filter_thres=filter_thres, top_p=args.top_p, temperature=args.temperature,
+                settings = dict(
+                    filter_thres=filter_thres, top_p=args.top_p, temperature=args.temperature,
                     cond_scale=args.cond_scale, img=None if primer is None else primer.expand(b, -1, -1, -1),
-                    num_init_img_tokens=args.num_init_img_tokens, use_cache=not args.no_cache,
-                    compile=args.compile, generator=generator).float())
+                    mask=mask, num_init_img_tokens=args.num_init_img_tokens, use_cache=not args.no_cache,
+                    compile=args.compile, generator=generator, negative_text=negative,
+                    cfg_interval=None if args.cfg_interval is None else tuple(args.cfg_interval),
+                    speculative=args.speculative)
+                if args.rerank is not None:
+                    settings.update(rerank=args.rerank, candidates=args.candidates,
+                                    clip=clip if args.rerank != "likelihood" else None)
+                if args.stream:
+                    (folder / "stream").mkdir(exist_ok=True)
+                    for rows, out in dalle.generate_images_stream(text.expand(b, -1), **settings):
+                        partial = out[0] if isinstance(out, tuple) else out
+                        if rows < dalle.image_fmap_size or args.rerank is None:
+                            save_image_grid(partial.float().clamp(0, 1),
+                                            folder / "stream" / f"batch{batch_index:02d}-rows{rows:02d}.png")
+                else:
+                    out = dalle.generate_images(text.expand(b, -1), **settings)
+                images, scores = out if isinstance(out, tuple) else (out, None)
+                chunks.append(images.float())
+                if scores is not None:
+                    rerank_scores.extend(scores.float().tolist())
         images = torch.cat(chunks)  # (num_images, C, H, W)
+        if args.refine_steps:
+            images = clip_refine(dalle.vae, clip, ctext, images, steps=args.refine_steps, text_mask=ctext != 0,
+                                 generator=generator).float()
         scores = None
         if clip is not None:
             size = clip.visual_image_size
             scaled = images if images.shape[-1] == size else F.interpolate(images, size=(size, size),
                                                                            mode="bilinear", antialias=True)
-            ctext = clip_tokenizer.tokenize([prompt], clip.text_seq_len, truncate_text=True).to(device)
             best = clip.rerank(ctext, scaled.clamp(0, 1)[None], top=len(images), text_mask=ctext != 0)
             images, scores = images[best.indices[0]], best.scores[0].tolist()
-        folder = args.out / f"{i:03d}-{_slug(prompt)}"
-        folder.mkdir(parents=True, exist_ok=True)
+            if rerank_scores:
+                rerank_scores = [rerank_scores[j] for j in best.indices[0].tolist()]
         for j, image in enumerate(images):
             to_pil(image).save(folder / f"{j:03d}.png")
         save_image_grid(images, folder / "grid.png")
         info = {"prompt": prompt, "images": [f"{j:03d}.png" for j in range(len(images))], "clip_scores": scores}
+        if args.rerank is not None:
+            info.update(rerank=args.rerank, candidates=args.candidates, rerank_scores=rerank_scores)
         (folder / "prompt.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         print(f"{prompt!r}: {len(images)} images in {folder}")
     return 0
+
+
+def _same_ids(text: Any, ctext: Any) -> bool:
+    """Whether two tokenizations of one prompt hold the same ids (padding aside)."""
+    a, b = text[0][text[0] != 0], ctext[0][ctext[0] != 0]
+    return a.shape == b.shape and bool((a == b).all())
 
 
 def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

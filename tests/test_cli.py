@@ -201,3 +201,69 @@ def test_train_dalle_resumes_from_a_dalle_pytorch_checkpoint_with_its_weights_an
     assert isinstance(load_tokenizer(str(find_tokenizer(out / "model"))), SimpleTokenizer)
     assert main(["train-dalle", *flags(folder=data, resume_from=ckpt, vae=tmp_path, out=tmp_path / "x",
                                        steps=1)]) == 1  # --vae beside --resume-from: which tokenizer?
+
+
+def _spy(monkeypatch, method: str):
+    from dalle_core import DALLE
+
+    calls, original = [], getattr(DALLE, method)
+
+    def spy(self, text, **kwargs):
+        calls.append(kwargs)
+        return original(self, text, **kwargs)
+
+    monkeypatch.setattr(DALLE, method, spy)
+    return calls
+
+
+def test_generate_inpaints_under_a_mask_png_and_streams_the_rows(runs, tmp_path, monkeypatch):
+    calls = _spy(monkeypatch, "generate_images_stream")
+    primer = next(runs["data"].glob("*.png"))
+    mask = Image.new("L", (16, 16), 0)
+    mask.paste(255, (0, 8, 16, 16))  # white = regenerate: the bottom half
+    mask.save(tmp_path / "mask.png")
+    out = tmp_path / "inpaint"
+    assert main(["generate", "red top", *flags(checkpoint=runs["dalle"] / "model", num_images=2, batch_size=2, seed=3,
+                                               img=primer, mask=tmp_path / "mask.png", out=out), "--stream"]) == 0
+    kwargs = calls[0]
+    expected = torch.zeros(1, 16, 16, dtype=torch.bool)
+    expected[:, 8:] = True
+    assert torch.equal(kwargs["mask"], expected) and kwargs["img"].shape == (2, 3, 16, 16)
+    rows = sorted(p.name for p in (out / "000-red-top" / "stream").glob("*.png"))
+    # rows 0-1 are the image's own: the first picture comes with the first code drawn in row 2
+    assert rows == ["batch00-rows02.png", "batch00-rows03.png", "batch00-rows04.png"]
+    assert len(list((out / "000-red-top").glob("0*.png"))) == 2
+
+
+def test_generate_passes_rerank_negative_cfg_interval_and_speculative(runs, tmp_path, monkeypatch):
+    calls = _spy(monkeypatch, "generate_images")
+    out = tmp_path / "options"
+    assert main(["generate", "green bottom", *flags(
+        checkpoint=runs["dalle"] / "model", num_images=2, batch_size=2, seed=1, out=out, rerank="likelihood",
+        candidates=3, negative="red top", cond_scale=2.0, cfg_interval=(0.0, 0.5), speculative=4)]) == 0
+    kwargs = calls[0]
+    assert kwargs["rerank"] == "likelihood" and kwargs["candidates"] == 3 and kwargs["speculative"] == 4
+    assert kwargs["cfg_interval"] == (0.0, 0.5) and kwargs["negative_text"].shape[0] == 1
+    info = json.loads((out / "000-green-bottom" / "prompt.json").read_text())
+    assert info["rerank"] == "likelihood" and len(info["rerank_scores"]) == 2
+    assert all(s < 0 for s in info["rerank_scores"])  # mean log-likelihood per code
+
+
+def test_generate_refines_with_clip(runs, tmp_path):
+    out = tmp_path / "refined"
+    assert main(["generate", "blue left", *flags(checkpoint=runs["dalle"] / "model", clip=runs["clip"] / "model",
+                                                 num_images=2, batch_size=2, seed=1, out=out, refine_steps=2)]) == 0
+    assert len(list((out / "000-blue-left").glob("0*.png"))) == 2
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(mask="m.png"), "pass --img too"),
+    (dict(refine_steps=2), "pass --clip"),
+    (dict(rerank="clip"), "pass --clip"),
+    (dict(candidates=0), "--candidates must be >= 1"),
+    (dict(negative="red"), "cond_scale other than 1"),
+])
+def test_generate_refuses_inconsistent_sampling_flags(runs, tmp_path, capsys, options, message):
+    assert main(["generate", "red top", *flags(checkpoint=runs["dalle"] / "model", out=tmp_path / "x",
+                                               **options)]) == 1
+    assert message in capsys.readouterr().err

@@ -226,7 +226,7 @@ def test_rerank_keeps_the_best_candidate_of_each_caption(rerank):
     codes, cands = _candidates(dalle, text, 4)
     repeated = text.repeat_interleave(4, 0)
     loglik = -dalle.score(repeated, codes).view(2, 4)
-    clip_scores = clip(repeated, cands).view(2, 4)
+    clip_scores = clip(repeated, cands, text_mask=repeated != 0).view(2, 4)
     if rerank == "clip":
         best, expected = clip_scores.argmax(-1), clip_scores.max(-1).values
     elif rerank == "likelihood":

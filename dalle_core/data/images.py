@@ -20,7 +20,7 @@ import io
 import math
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, ImageOps
@@ -152,6 +152,15 @@ def load_image(source: Union[PathLike, bytes, BinaryIO], image_size: int, *, res
     fx, fy = img.width / full[0], img.height / full[1]  # 1 unless drafted
     box = (left, top, left + w, top + h) if fx == fy == 1 else (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
     return to_tensor(img.resize((image_size, image_size), Image.BILINEAR, box=box), transparent)
+
+
+def load_mask(source: Union[PathLike, bytes, BinaryIO], image_size: int, *,
+              generator: Optional[torch.Generator] = None, **limits: Any) -> Tensor:
+    """An inpainting mask from an image file: (image_size, image_size) bool, True where the image is light
+    (white = regenerate), cropped and resized as `load_image(resize_ratio=1.0)` does (pass the generator
+    that loaded the image it masks, so that a non-square pair is cropped alike)."""
+    pixels = load_image(source, image_size, resize_ratio=1.0, generator=generator, **limits)
+    return pixels[:3].mean(dim=0) > 0.5
 
 
 # --- writing -------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -46,6 +47,20 @@ class DecodePlan(NamedTuple):
     codes: Tensor
     known: Optional[Tensor]
     first: int
+
+
+def _clip_scores(clip: nn.Module, text: Tensor, images: Tensor) -> Tensor:
+    """CLIP's score of each (caption, image) pair: the caption cut to the CLIP's `text_seq_len` (refused if
+    that drops a token) and its padding masked (`text_mask=text != 0`) where the CLIP takes a mask."""
+    length = getattr(clip, "text_seq_len", None)
+    if isinstance(length, int) and text.shape[1] > length:
+        if bool(text[:, length:].any()):
+            raise ValueError(f"the captions have tokens beyond the CLIP's text_seq_len={length}: use a CLIP that "
+                             f"takes captions as long as the DALLE's ({text.shape[1]})")
+        text = text[:, :length]
+    if "text_mask" in inspect.signature(clip.forward).parameters:
+        return clip(text, images, text_mask=text != 0)
+    return clip(text, images)
 
 
 def _ranks(scores: Tensor) -> Tensor:
@@ -377,7 +392,7 @@ class DALLESampling:
         graph for every position: see `compiled_image_step`); speculative: draft that many codes per forward
         pass and accept them by speculative sampling's rule, so that the samples have exactly the distribution
         of one-code-at-a-time sampling (`models/speculative.py`; it always uses the cache).
-        clip: a CLIP scoring (text, images): returns (images, CLIP scores). rerank: "clip", "likelihood" or
+        clip: a CLIP scoring (text, images): returns (images, CLIP scores), padding masked (`text_mask`). rerank: "clip", "likelihood" or
         "both": draw `candidates` images per caption and keep the best by CLIP's score, by the DALLE's own
         likelihood of the codes (`score`), or by the sum of the two ranks ("both", ties to CLIP); returns
         (images, scores), the scores of the kept images, higher is better: the CLIP score, the mean
@@ -441,7 +456,7 @@ class DALLESampling:
             if rerank is not None:
                 yield fmap, self._rerank(text, codes, images, clip, rerank, candidates)
             else:
-                yield fmap, (images, None if clip is None else clip(text, images))
+                yield fmap, (images, None if clip is None else _clip_scores(clip, text, images))
         finally:
             self.train(was_training)
 
@@ -460,7 +475,7 @@ class DALLESampling:
         if rerank == "likelihood":
             best, scores = loglik.argmax(-1), loglik
         else:
-            clip_scores = clip(text, images).view(-1, n).float()
+            clip_scores = _clip_scores(clip, text, images).view(-1, n).float()
             best, scores = clip_scores.argmax(-1), clip_scores
             if rerank == "both":
                 clip_rank = _ranks(clip_scores)
