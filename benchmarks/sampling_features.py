@@ -119,7 +119,7 @@ def _timed_codes(dalle, text, batch: int, **kwargs) -> Dict[str, Any]:
     return {"codes": torch.cat(codes), "seconds": seconds, "passes_per_image": passes / batches}
 
 
-def part_speculative(dalle, sets, ks=(2, 4, 8), batches=(1, 16), n: int = 64) -> Dict[str, Any]:
+def part_speculative(dalle, sets, ks=(2, 4, 8), batches=(1, 16), n: int = 200) -> Dict[str, Any]:
     result: Dict[str, Any] = {"demo": {}, "bench": {}}
     captions, text, _ = sets["seen"]
     captions, text = captions[:n], text[:n]
@@ -149,12 +149,13 @@ def part_pictures(dalle, sets, out: Path, seed: int) -> Dict[str, str]:
 
     fmap = dalle.image_fmap_size
     captions, text, renders = sets["seen"]
-    picks = [i for i, c in enumerate(captions) if len(c.split()) <= 5][:3]
+    picks = [i for i, c in enumerate(captions) if len(c.split()) <= 5 and "left" not in c and "right" not in c][:3]
     scale = 3
     cell = renders.shape[-1] * scale
-    # inpainting: original | mask | 4 results, one row per prompt; the mask: the right half of the grid
+    # inpainting: original | mask | 4 results, one row per prompt; the mask: the bottom half of the grid (drawn
+    # after the kept top, which the model sees)
     mask = torch.zeros(1, fmap, fmap, dtype=torch.bool)
-    mask[:, :, fmap // 2:] = True
+    mask[:, fmap // 2:] = True
     canvas = Image.new("RGB", (6 * cell + 7 * 4, len(picks) * (cell + 16) + 4), "white")
     draw = ImageDraw.Draw(canvas)
     gen = torch.Generator().manual_seed(seed)
@@ -165,7 +166,7 @@ def part_pictures(dalle, sets, out: Path, seed: int) -> Dict[str, str]:
         results = dalle.generate_images(text[i:i + 1].expand(4, -1), img=renders[i:i + 1].expand(4, -1, -1, -1),
                                         mask=mask, use_cache=True, generator=gen, **SETTINGS)
         shown = renders[i].clone()
-        shown[:, :, shown.shape[-1] // 2:] *= 0.35
+        shown[:, shown.shape[-2] // 2:] *= 0.35
         for c, image in enumerate([renders[i], shown, *results]):
             canvas.paste(runner.upscaled(image, scale), (4 + c * (cell + 4), y))
     canvas.save(out / "inpainting.png")
@@ -198,7 +199,7 @@ def markdown(result: Dict[str, Any]) -> str:
             lines.append(f"| {key} | {fmt(value)} | {fmt(other)} |")
         lines.append("")
     if "speculative" in result:
-        lines += ["Speculative decoding:", "", "| model | batch | sampler | forward passes per image | seconds per "
+        lines += ["Speculative decoding:", "", "| model | batch | sampler | forward passes per call | seconds per "
                   "image | checker |", "|---|---:|---|---:|---:|---:|"]
         for model, per_batch in result["speculative"].items():
             for batch, rows in per_batch.items():
@@ -226,7 +227,8 @@ def main() -> None:
     result: Dict[str, Any] = {"prompts": args.prompts, "threads": args.threads, "settings": SETTINGS}
     path = args.out / "sampling_features.json"
     if path.exists():
-        result.update({k: v for k, v in json.loads(path.read_text()).items() if k in args.parts + ["pictures"]})
+        previous = json.loads(path.read_text())  # parts not rerun keep their earlier results
+        result.update({k: v for k, v in previous.items() if k in ("rerank", "inpaint", "speculative", "pictures")})
     with torch.no_grad():
         for part in args.parts:
             start = time.perf_counter()

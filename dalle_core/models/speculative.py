@@ -39,7 +39,7 @@ __all__ = ["speculative_decode", "SpeculativeStats"]
 
 class SpeculativeStats:
     """Counts of the last speculative decoding run of a model (`model.speculative_stats`): forward passes
-    (the prefill included) and codes drawn, so that codes per pass = codes / passes."""
+    (the prefill included), codes drawn, and drafts accepted among them."""
 
     def __init__(self) -> None:
         self.passes = 0
@@ -118,28 +118,27 @@ def speculative_decode(model: Any, plan: Any, *, k: int, scales: List[float], ne
                 scale = scale_of[start:end, None]
                 logits = torch.where(scale == 1, cond, null + (cond - null) * scale)
             p = probs(logits)  # (B, width, V)
-            # verify: each row walks the window until its first rejection
-            active = torch.ones(batch, dtype=torch.bool, device=codes.device)
-            for j in range(width):
-                pos = start + j
-                verify = active & ~fixed[:, pos]
-                if not bool(verify.any()):
-                    continue
-                x = codes[:batch, pos]
-                p_x = p[:, j].gather(-1, x[:, None]).squeeze(-1)
-                q_x = q[:, j].gather(-1, x[:, None]).squeeze(-1)
-                u = torch.rand(batch, generator=generator, device=codes.device)
-                accept = verify & accept_draft(u, p_x, q_x)
-                reject = verify & ~accept
-                if bool(reject.any()):
-                    residual = (p[reject, j] - q[reject, j]).clamp_(min=0)
-                    empty = residual.sum(-1, keepdim=True) <= 0  # p == q to rounding: p itself
-                    residual = torch.where(empty, p[reject, j], residual)
-                    codes[:batch, pos][reject] = _draw(residual, generator)
-                stats.codes += int(verify.sum())
-                stats.accepted += int(accept.sum())
-                fixed[verify, pos] = True
-                active &= ~reject
+            # verify every draft at once: a row keeps its drafts up to its first rejection, redraws that one
+            # from the residual, and leaves the rest for a later pass
+            free = ~fixed[:, start:end]  # (B, width)
+            x = codes[:batch, start:end]
+            p_x = p.gather(-1, x[..., None]).squeeze(-1)
+            q_x = q.gather(-1, x[..., None]).squeeze(-1)
+            u = torch.rand(batch, width, generator=generator, device=codes.device)
+            rejected = free & ~accept_draft(u, p_x, q_x)
+            stop = torch.where(rejected.any(1), rejected.int().argmax(1), width)  # first rejection (width: none)
+            before = torch.arange(width, device=codes.device)[None] < stop[:, None]
+            rows_out = (stop < width).nonzero().squeeze(1)
+            if len(rows_out):
+                j = stop[rows_out]
+                p_r, q_r = p[rows_out, j], q[rows_out, j]
+                residual = (p_r - q_r).clamp_(min=0)
+                residual = torch.where(residual.sum(-1, keepdim=True) <= 0, p_r, residual)  # p == q to rounding
+                codes[rows_out, start + j] = _draw(residual, generator)
+            settled = free & (before | (torch.arange(width, device=codes.device)[None] == stop[:, None]))
+            stats.codes += int(settled.sum())
+            stats.accepted += int((free & before).sum())
+            fixed[:, start:end] |= settled
             if doubled:
                 codes[batch:, start:end] = codes[:batch, start:end]
             unsettled = (~fixed).any(0).nonzero()
