@@ -54,3 +54,30 @@ def test_readme_real_data_tables_are_the_committed_benchmark_results():
         runs = json.loads((README.parent / "benchmarks" / "real_data" / f"{name}.json").read_text())["runs"]
         for line in real_data.table(runs).splitlines()[2:]:
             assert line in section, f"README lacks the row {line!r} of benchmarks/real_data/{name}.json"
+
+
+def test_readme_sampling_tables_are_the_committed_benchmark_results():
+    """The "Sampling" section's numbers are those of docs/sampling/sampling_features.json."""
+    import json
+
+    result = json.loads((README.parent / "docs" / "sampling" / "sampling_features.json").read_text())
+    section = README.read_text().split("## Sampling", 1)[1].split("\n## ", 1)[0]
+    rerank = {"the first one (no reranking)": "plain (first candidate)", "by CLIP": "CLIP best of 4",
+              "by the DALLE's likelihood": "likelihood best of 4", "by both ranks": "both ranks, best of 4"}
+    for label, key in rerank.items():
+        seen, held = result["rerank"]["seen"][key], result["rerank"]["heldout"][key]
+        assert f"| {label} | {seen:.1%} | {held:.1%} |" in section, label
+    inpaint = result["inpaint"]
+    for half in ("bottom", "top"):
+        row = f"{half} half regenerated"
+        assert f"{inpaint['seen'][row]:.1%} / {inpaint['heldout'][row]:.1%}" in section, half
+    demo = result["speculative"]["demo"]
+    for batch, sampler, label in [("batch 1", "plain cached", "plain, cached"), ("batch 1", "speculative k=4", None),
+                                  ("batch 1", "speculative k=8", None), ("batch 16", "plain cached", "plain, cached"),
+                                  ("batch 16", "speculative k=4", None), ("batch 16", "speculative k=8", None)]:
+        row = demo[batch][sampler]
+        ms = row["seconds_per_image"] * 1000
+        shown = f"{ms:.0f}" if batch == "batch 1" else f"{ms:.1f}"
+        passes = f"{row['passes_per_image']:.0f}" if sampler == "plain cached" else f"{row['passes_per_image']:.1f}"
+        line = f"| {label or sampler} | {batch.split()[1]} | {passes} | {shown} | {row['accuracy']:.1%} |"
+        assert line in section, line

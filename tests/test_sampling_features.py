@@ -8,7 +8,8 @@ from typing import List, Optional
 import pytest
 import torch
 
-from dalle_core import CLIP, DALLE, DiscreteVAE, VQVAE
+from dalle_core import CLIP, DALLE, DiscreteVAE, OpenAIDiscreteVAE, VQGanVAE, VQVAE
+from dalle_core.models.vqgan import vqgan_architecture
 from dalle_core.models import speculative as speculative_module
 from dalle_core.sampling import filtered_probs, sample_logits
 
@@ -117,18 +118,33 @@ def test_inpainting_with_codes_as_img_and_with_clip_returns_scores():
     assert torch.equal(images, dalle.vae.decode(codes))
 
 
-@pytest.mark.parametrize("kind", ["vq", "fsq", "lfq"])
-def test_inpainting_works_over_every_vqvae_quantizer(kind):
+def _tokenizer(kind: str):
     torch.manual_seed(0)
-    vae = VQVAE(image_size=16, num_layers=2, num_tokens=16, codebook_dim=8, hidden_dim=8, num_resnet_blocks=0,
-                quantizer=kind).eval()
+    if kind in ("vq", "fsq", "lfq"):
+        return VQVAE(image_size=16, num_layers=2, num_tokens=16, codebook_dim=8, hidden_dim=8, num_resnet_blocks=0,
+                     quantizer=kind)
+    if kind == "vqgan":
+        return VQGanVAE(architecture=vqgan_architecture(image_size=16, num_layers=2, num_tokens=16, codebook_dim=8,
+                                                        hidden_dim=32), image_size=16, trainable=True)
+    if kind == "openai":
+        return OpenAIDiscreteVAE(image_size=16, architecture={
+            "encoder": {"n_hid": 8, "n_blk_per_group": 1, "input_channels": 3, "vocab_size": 32},
+            "decoder": {"n_init": 8, "n_hid": 8, "n_blk_per_group": 1, "output_channels": 3, "vocab_size": 32}})
+    return DiscreteVAE(image_size=16, num_layers=2, num_tokens=16, codebook_dim=8, hidden_dim=8)
+
+
+@pytest.mark.parametrize("kind", ["dvae", "vq", "fsq", "lfq", "vqgan", "openai"])
+def test_inpainting_works_over_every_image_tokenizer(kind):
+    vae = _tokenizer(kind).eval()
     dalle = DALLE(dim=32, vae=vae, num_text_tokens=VOCAB, text_seq_len=6, depth=2, heads=2, dim_head=16).eval()
     text, img = captions(), torch.rand(2, 3, 16, 16)
+    fmap = dalle.image_fmap_size
     mask = torch.zeros(2, 16, 16, dtype=torch.bool)
     mask[:, :8] = True  # the top half: drawn without seeing the bottom
     codes = dalle.generate_image_codes(text, img=img, mask=mask, cond_scale=2.0, use_cache=True, generator=_gen())
     own = vae.get_codebook_indices(img)
-    assert torch.equal(codes[:, 8:], own[:, 8:])
+    half = fmap * fmap // 2
+    assert torch.equal(codes[:, half:], own[:, half:])
     assert dalle.generate_images(text, img=img, mask=mask, use_cache=True).shape == (2, 3, 16, 16)
 
 
