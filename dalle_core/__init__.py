@@ -5,6 +5,7 @@ from .interop import load_dalle_pytorch, load_dalle_pytorch_clip, load_dalle_pyt
 from .models import CLIP, DALLE, DiscreteVAE, KVCache, OpenAIDiscreteVAE, Transformer, VQGanVAE, VQVAE
 from .pretrained import from_pretrained, load_training_state, save_pretrained, save_training_state
 from .version import __version__
+from .refine import clip_refine
 
 __all__ = [
     "DALLE",
@@ -25,4 +26,5 @@ __all__ = [
     "load_dalle_pytorch",
     "load_dalle_pytorch_vae",
     "load_dalle_pytorch_clip",
+    "clip_refine",
 ]

@@ -10,8 +10,14 @@ step function, chosen once before the loop, for every later position:
 - compiled (`compile=True`, with the cache): `decode_step` through `torch.compile` with static shapes, one
   graph for every position (a CUDA graph with `mode="reduce-overhead"`).
 
-Classifier-free guidance runs the conditional and the unconditional branch as one batch of 2B
-(`sampling.with_null_condition`) in every mode; both branches are given the same sampled code.
+Classifier-free guidance runs the conditional and the unconditional branch (the empty caption, or
+`negative_text`) as one batch of 2B (`sampling.with_null_condition`) in every mode; both branches are given the
+same sampled code; `cfg_interval` guides only some positions.
+
+What to decode is a `DecodePlan`: the code grid with the codes kept from an image (a prefix when priming, any
+`mask` when inpainting) and the first position to draw. The loop is a generator yielding after each position,
+so that `generate_images_stream` can decode rows as they come; `speculative=k` swaps in the speculative Jacobi
+loop of `models/speculative.py`. `score` gives the likelihood of given codes, which `rerank` uses.
 """
 from __future__ import annotations
 

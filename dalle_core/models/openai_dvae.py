@@ -32,7 +32,8 @@ from ..pickles import Pickled, UnsafePickleError, attribute, module_tensors, rea
 from ..pretrained import PretrainedMixin
 from ..utils import check_images, check_int, check_token_ids, eval_decorator
 from ..validation import check_finite, compare_state
-from .vae import CodebookUsage, codebook_usage
+from .vae import (CodebookUsage, check_codes, check_latents, clamp_with_grad, codebook_usage, nearest_codes,
+                  straight_through)
 
 __all__ = ["OpenAIDiscreteVAE", "map_pixels", "unmap_pixels", "LOGIT_LAPLACE_EPS", "OFFICIAL_ARCHITECTURE",
            "OPENAI_FILES", "architecture_of", "rename_dall_e_keys"]
@@ -296,6 +297,38 @@ class OpenAIDiscreteVAE(PretrainedMixin, nn.Module, register=True):
             if name != "input":
                 x = layer(x)
         return unmap_pixels(torch.sigmoid(x[:, : self.channels].float()))
+
+    # --- continuous latents (the protocol `dalle_core.refine.clip_refine` optimises) -------------------------------
+    # The decoder's input convolution takes a one-hot code: it adds one column of its weight (n_init values) to its
+    # bias. Those columns are the codebook whose vectors the latents are, quantised to the nearest.
+
+    def _codebook(self) -> Tensor:
+        return self.decoder.blocks.input.weight[:, :, 0, 0].t()  # (num_tokens, n_init)
+
+    def codes_to_latents(self, codes: Tensor) -> Tensor:
+        """The continuous latents (batch, n_init, fmap_size, fmap_size) behind codes (batch, fmap_size**2): the
+        decoder input convolution's weight column of each code, which `latents_to_codes` maps back to the code."""
+        codes = check_codes(codes, num_tokens=self.num_tokens, fmap_size=self.fmap_size)
+        codebook = self._codebook()
+        return rearrange(F.embedding(codes.to(codebook.device), codebook), "b (h w) c -> b c h w", h=self.fmap_size)
+
+    def latents_to_codes(self, latents: Tensor) -> Tensor:
+        """Codes (batch, fmap_size**2) of latents (batch, n_init, fmap_size, fmap_size): at each position the code
+        whose weight column is nearest."""
+        codebook = self._codebook()
+        return nearest_codes(check_latents(latents, channels=codebook.shape[1], fmap_size=self.fmap_size), codebook)
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Images in [0, 1] of latents (batch, n_init, fmap_size, fmap_size) quantised to the nearest weight columns:
+        `decode(latents_to_codes(latents))`, with straight-through gradients to `latents`."""
+        blocks = self.decoder.blocks
+        quantized = self.codes_to_latents(self.latents_to_codes(latents))
+        x = straight_through(latents, quantized).to(blocks.input.weight.dtype) + blocks.input.bias[:, None, None]
+        for name, layer in blocks.named_children():
+            if name != "input":
+                x = layer(x)
+        pixels = (torch.sigmoid(x[:, : self.channels].float()) - LOGIT_LAPLACE_EPS) / (1 - 2 * LOGIT_LAPLACE_EPS)
+        return clamp_with_grad(pixels, 0.0, 1.0)  # unmap_pixels, with gradients past its clamp
 
     def forward(self, images: Tensor) -> Tensor:
         """Reconstructions of `images` through the codes (encode, then decode)."""

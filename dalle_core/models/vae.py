@@ -27,7 +27,7 @@ from ..utils import check_float, check_int, check_token_ids, default, eval_decor
 from ..pretrained import PretrainedMixin
 
 __all__ = ["DiscreteVAE", "ResBlock", "CodebookUsage", "codebook_usage", "conv_autoencoder",
-           "check_conv_sizes"]
+           "check_conv_sizes", "check_codes", "check_latents", "nearest_codes", "straight_through", "clamp_with_grad"]
 
 DEFAULT_NORMALIZATION = ((0.5, 0.5, 0.5, 0.0), (0.5, 0.5, 0.5, 1.0))  # (means, stds); sliced to `channels`
 
@@ -111,6 +111,67 @@ def codebook_usage(codes: Tensor, num_tokens: int) -> CodebookUsage:
         perplexity=float(entropy.exp()),
         counts=counts,
     )
+
+
+# --- continuous latents: what `dalle_core.refine.clip_refine` optimises, shared by every image tokenizer -----------
+
+def check_codes(codes: Any, *, num_tokens: int, fmap_size: int) -> Tensor:
+    """`codes` as a long tensor, or ValueError / TypeError unless it is (batch, fmap_size**2) ids in [0, num_tokens)."""
+    codes = check_token_ids("codes", codes, vocab_size=num_tokens, ndim=2)
+    if codes.shape[1] != fmap_size ** 2:
+        raise ValueError(f"codes must have {fmap_size ** 2} codes per image ({fmap_size}x{fmap_size}), got "
+                         f"{codes.shape[1]}")
+    return codes
+
+
+def check_latents(latents: Any, *, channels: int, fmap_size: int) -> Tensor:
+    """ValueError / TypeError unless `latents` is a finite float tensor (batch, channels, fmap_size, fmap_size)."""
+    if not isinstance(latents, Tensor) or not latents.is_floating_point():
+        got = latents.dtype if isinstance(latents, Tensor) else type(latents).__name__
+        raise TypeError(f"latents must be a floating-point tensor (batch, {channels}, {fmap_size}, {fmap_size}), "
+                        f"got {got}")
+    if latents.ndim != 4 or tuple(latents.shape[1:]) != (channels, fmap_size, fmap_size) or latents.shape[0] == 0:
+        raise ValueError(f"latents must have shape (batch >= 1, {channels}, {fmap_size}, {fmap_size}), got "
+                         f"{tuple(latents.shape)}")
+    if not bool(torch.isfinite(latents.detach()).all()):
+        raise ValueError("latents contain NaN or infinite values")
+    return latents
+
+
+def nearest_codes(latents: Tensor, codebook: Tensor) -> Tensor:
+    """Index (batch, h*w) of the codebook row (codebook: (num_codes, d)) nearest to each latent vector of `latents`
+    (batch, d, h, w), in raster order; squared Euclidean distances as taming's VectorQuantizer2 sums them."""
+    b, d, h, w = latents.shape
+    z = rearrange(latents.detach(), "b d h w -> (b h w) d").to(codebook.dtype)
+    e = codebook.detach()
+    e2 = (e ** 2).sum(dim=1)
+    rows = max(1, 2 ** 24 // e.shape[0])  # at most this many (vector, code) distances at a time
+    codes = [((part ** 2).sum(dim=1, keepdim=True) + e2 - 2 * (part @ e.t())).argmin(dim=1) for part in z.split(rows)]
+    return torch.cat(codes).view(b, h * w)
+
+
+def straight_through(latents: Tensor, quantized: Tensor) -> Tensor:
+    """`quantized` in the forward pass; in the backward pass its gradient goes to `latents` unchanged."""
+    return latents + (quantized.to(latents.dtype) - latents).detach()
+
+
+class _ClampWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, low: float, high: float) -> Tensor:
+        ctx.low, ctx.high = low, high
+        ctx.save_for_backward(x)
+        return x.clamp(low, high)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        return grad * (grad * (x - x.clamp(ctx.low, ctx.high)) >= 0), None, None
+
+
+def clamp_with_grad(x: Tensor, low: float, high: float) -> Tensor:
+    """`x.clamp(low, high)` whose gradient still passes where a descent step would move `x` back into range
+    (VQGAN-CLIP's ClampWithGrad): a decoder output saturated at white can still be pulled darker."""
+    return _ClampWithGrad.apply(x, low, high)
 
 
 def _check_normalization(normalization: Any, channels: int) -> Optional[Tuple[Tuple[float, ...], ...]]:
@@ -248,6 +309,32 @@ class DiscreteVAE(PretrainedMixin, nn.Module, register=True):
                              f"({self.fmap_size}x{self.fmap_size}), got {img_seq.shape[1]}")
         embeds = rearrange(self.codebook(img_seq), "b (h w) d -> b d h w", h=self.fmap_size)
         return self.denorm(self.decoder(embeds))
+
+    # --- continuous latents (the protocol `dalle_core.refine.clip_refine` optimises) -------------------------------
+
+    def codes_to_latents(self, codes: Tensor) -> Tensor:
+        """The continuous latents (batch, codebook_dim, fmap_size, fmap_size) behind codes (batch, fmap_size**2):
+        their codebook vectors, which `latents_to_codes` maps back to the same codes."""
+        codes = check_codes(codes, num_tokens=self.num_tokens, fmap_size=self.fmap_size)
+        codes = codes.to(self.codebook.weight.device)
+        return rearrange(self.codebook(codes), "b (h w) d -> b d h w", h=self.fmap_size)
+
+    def latents_to_codes(self, latents: Tensor) -> Tensor:
+        """Codes (batch, fmap_size**2) of latents (batch, codebook_dim, fmap_size, fmap_size): at each position,
+        the nearest codebook vector."""
+        latents = check_latents(latents, channels=self.codebook.embedding_dim, fmap_size=self.fmap_size)
+        return nearest_codes(latents, self.codebook.weight)
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Images in [0, 1] of latents (batch, codebook_dim, fmap_size, fmap_size) quantised to their nearest codebook
+        vectors: `decode(latents_to_codes(latents))`, with straight-through gradients to `latents` (the clamp to
+        [0, 1] lets through gradients that pull a saturated pixel back, see `clamp_with_grad`)."""
+        quantized = self.codes_to_latents(self.latents_to_codes(latents))
+        out = self.decoder(straight_through(latents, quantized).to(self.codebook.weight.dtype))
+        if self.normalization is not None:
+            means, stds = self._mean_std(out)
+            out = out * stds + means
+        return clamp_with_grad(out, 0.0, 1.0)
 
     @torch.no_grad()
     def codebook_usage(self, images: Tensor) -> CodebookUsage:

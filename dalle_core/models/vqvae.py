@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from ..pretrained import PretrainedMixin
 from ..utils import check_float, check_int, check_token_ids, eval_decorator, images_for
-from .vae import CodebookUsage, check_conv_sizes, codebook_usage, conv_autoencoder
+from .vae import (CodebookUsage, check_codes, check_conv_sizes, check_latents, clamp_with_grad, codebook_usage,
+                  conv_autoencoder, nearest_codes, straight_through)
 
 __all__ = ["VQVAE", "QUANTIZERS", "fsq_levels"]
 
@@ -272,6 +273,61 @@ class VQVAE(PretrainedMixin, nn.Module, register=True):
         else:
             quantized = self.quantizer.indices_to_codes(img_seq)
         return ((self._decode_latents(quantized) + 1) * 0.5).clamp(0.0, 1.0)
+
+    # --- continuous latents (the protocol `dalle_core.refine.clip_refine` optimises) -------------------------------
+    # vq: codebook vectors (codebook_dim channels), quantised to the nearest; fsq: each dimension's level index in
+    # [0, levels[i]) (len(levels) channels), rounded; lfq: one value per bit (log2(num_tokens) channels), quantised
+    # to its sign (+-1). All in float32, the space the quantiser works in, before its projection out.
+
+    def _latent_channels(self) -> int:
+        if self.quantizer_kind == "vq":
+            return self.quantizer.codebook.shape[-1]
+        return int(self.quantizer.mask.numel() if self.quantizer_kind == "lfq" else self.quantizer._levels.numel())
+
+    def codes_to_latents(self, codes: Tensor) -> Tensor:
+        """The continuous latents (batch, channels, fmap_size, fmap_size) behind codes (batch, fmap_size**2), which
+        `latents_to_codes` maps back to the same codes: VQ's codebook vectors, FSQ's level indices, LFQ's +-1 bits."""
+        codes = check_codes(codes, num_tokens=self.num_tokens, fmap_size=self.fmap_size).to(self._weights().device)
+        q = self.quantizer
+        if self.quantizer_kind == "vq":
+            latents = q.codebook[codes].float()  # (b, n, d)
+        elif self.quantizer_kind == "fsq":
+            latents = q.indices_to_level_indices(codes).float()  # (b, n, len(levels))
+        else:
+            bits = (codes[..., None] & q.mask) != 0  # (b, n, log2(num_tokens)), most significant bit first
+            latents = torch.where(bits, 1.0, -1.0) * q.codebook_scale
+        return rearrange(latents, "b (h w) d -> b d h w", h=self.fmap_size)
+
+    def _quantize_latents(self, latents: Tensor) -> Tuple[Tensor, Tensor]:
+        """(quantised latents (b, d, h, w), codes (b, h*w)) of latents (b, d, h, w), without gradients."""
+        latents = check_latents(latents, channels=self._latent_channels(), fmap_size=self.fmap_size).detach().float()
+        q = self.quantizer
+        if self.quantizer_kind == "vq":
+            codes = nearest_codes(latents, q.codebook.float())
+            return self.codes_to_latents(codes), codes
+        if self.quantizer_kind == "fsq":
+            levels = q._levels.view(1, -1, 1, 1).to(latents.device)
+            quantized = torch.minimum(latents.round().clamp(min=0), levels - 1)
+            codes = (quantized.long() * q._basis.view(1, -1, 1, 1).to(latents.device)).sum(dim=1).flatten(1)
+            return quantized, codes
+        codes = ((latents > 0).long() * q.mask.view(1, -1, 1, 1)).sum(dim=1).flatten(1)
+        return torch.where(latents > 0, 1.0, -1.0) * q.codebook_scale, codes
+
+    def latents_to_codes(self, latents: Tensor) -> Tensor:
+        """Codes (batch, fmap_size**2) of latents (batch, channels, fmap_size, fmap_size) (see `codes_to_latents`):
+        VQ's nearest codebook vector, FSQ's rounded levels, LFQ's signs."""
+        return self._quantize_latents(latents)[1]
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Images in [0, 1] of latents (batch, channels, fmap_size, fmap_size) quantised as `latents_to_codes` does:
+        `decode(latents_to_codes(latents))`, with straight-through gradients to `latents`."""
+        quantized, _ = self._quantize_latents(latents)
+        z = rearrange(straight_through(latents.float(), quantized), "b d h w -> b (h w) d")
+        if self.quantizer_kind == "fsq":
+            half_width = (self.quantizer._levels // 2).to(z.device)
+            z = (z - half_width) / half_width  # FSQ's codes in [-1, 1]
+        out = self._decode_latents(self.quantizer.project_out(z))
+        return clamp_with_grad((out + 1) * 0.5, 0.0, 1.0)
 
     @torch.no_grad()
     def codebook_usage(self, images: Tensor) -> CodebookUsage:

@@ -45,7 +45,8 @@ from ...pickles import read_pickled
 from ...pretrained import PretrainedMixin
 from ...utils import check_int, check_token_ids, eval_decorator, images_for
 from ...validation import check_finite
-from ..vae import CodebookUsage, codebook_usage
+from ..vae import (CodebookUsage, check_codes, check_latents, clamp_with_grad, codebook_usage, nearest_codes,
+                   straight_through)
 from .config import MAX_RESOLUTION, check_architecture, read_vqgan_config
 from .modules import VQModel
 
@@ -200,6 +201,33 @@ class VQGanVAE(PretrainedMixin, nn.Module, register=True):
             z = z.to(weight.dtype).transpose(1, 2).reshape(z.shape[0], -1, self.fmap_size, self.fmap_size)
             out = self.model.decoder(self.model.post_quant_conv(z))
             return (out.clamp(-1.0, 1.0) + 1) * 0.5
+
+    # --- continuous latents (the protocol `dalle_core.refine.clip_refine` optimises) -------------------------------
+
+    def codes_to_latents(self, codes: Tensor) -> Tensor:
+        """The continuous latents (batch, embed_dim, fmap_size, fmap_size) behind codes (batch, fmap_size**2): their
+        codebook vectors (the input of post_quant_conv), which `latents_to_codes` maps back to the same codes."""
+        codes = check_codes(codes, num_tokens=self.num_tokens, fmap_size=self.fmap_size).to(self._weights().device)
+        z = self.model.quantize.codebook(codes)  # (b, n, embed_dim)
+        return z.transpose(1, 2).reshape(z.shape[0], -1, self.fmap_size, self.fmap_size)
+
+    def latents_to_codes(self, latents: Tensor) -> Tensor:
+        """Codes (batch, fmap_size**2) of latents (batch, embed_dim, fmap_size, fmap_size): at each position the
+        nearest codebook vector (a Gumbel VQGAN's codebook too, though its encoder picks codes by its logits)."""
+        codebook = self.model.quantize.codebook.weight
+        latents = check_latents(latents, channels=codebook.shape[1], fmap_size=self.fmap_size)
+        return nearest_codes(latents, codebook)
+
+    @eval_decorator
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Images in [0, 1] of latents (batch, embed_dim, fmap_size, fmap_size) quantised to their nearest codebook
+        vectors: `decode(latents_to_codes(latents))`, with straight-through gradients to `latents`; autocast off."""
+        weight = self._weights()
+        quantized = self.codes_to_latents(self.latents_to_codes(latents))
+        with torch.autocast(device_type=weight.device.type, enabled=False):
+            z = straight_through(latents, quantized).to(weight.dtype)
+            out = self.model.decoder(self.model.post_quant_conv(z))
+            return (clamp_with_grad(out, -1.0, 1.0) + 1) * 0.5
 
     # --- training -------------------------------------------------------------------------------------------------
 
