@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
+from .version import __version__
+
 __all__ = ["main", "build_parser"]
 
 TRAINERS = {
@@ -57,6 +59,7 @@ def build_parser(command: Optional[str] = "all") -> argparse.ArgumentParser:
     demo are added for `command` only (all of them by default), so that `generate` and a bare `--help`
     import neither `dalle_core.training` nor Accelerate."""
     parser = argparse.ArgumentParser(prog="dalle-core", description="Train DALL-E models and generate images.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in TRAINERS.items():
         p = sub.add_parser(name, help=help_text, description=f"{help_text[0].upper()}{help_text[1:]}. Data: "

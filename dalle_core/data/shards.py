@@ -29,10 +29,11 @@ import tarfile
 import warnings
 from pathlib import Path
 from random import Random
-from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Sized, Tuple, Union, cast
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -286,13 +287,14 @@ ImageSource = Union[Image.Image, bytes, PathLike]
 
 
 def write_shards(pairs_or_folder: Union[PathLike, Iterable[Tuple[Union[str, Sequence[str]], ImageSource]]],
-                 out_dir: PathLike, samples_per_shard: int = 1000, *, prefix: str = "shard") -> List[Path]:
+                 out_dir: PathLike, samples_per_shard: int = 1000, *, prefix: str = "shard",
+                 progress: bool = False) -> List[Path]:
     """Write (caption, image) pairs, or a folder's usable pairs, as `{prefix}-000000.tar`, ... in `out_dir`.
 
     A caption is a str or a list of lines; an image is a PIL image (stored as PNG), encoded bytes, or a file
     path (stored as is, under its own extension). From a folder, files are copied byte for byte and what
     `TextImageDataset` skips up front is left out (corrupt images are copied and skipped when read).
-    Keys are 000000000, 000000001, ... Returns the shard paths.
+    Keys are 000000000, 000000001, ... Returns the shard paths. progress: a tqdm bar over the pairs written.
     """
     if isinstance(samples_per_shard, bool) or not isinstance(samples_per_shard, int) or samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be an int >= 1, got {samples_per_shard!r}")
@@ -306,7 +308,8 @@ def write_shards(pairs_or_folder: Union[PathLike, Iterable[Tuple[Union[str, Sequ
     paths: List[Path] = []
     tar: Optional[tarfile.TarFile] = None
     try:
-        for n, pair in enumerate(pairs):
+        total = len(pairs) if isinstance(pairs, Sized) else None
+        for n, pair in enumerate(tqdm(pairs, total=total, desc="write_shards", unit="pair", disable=not progress)):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise TypeError(f"pairs must be (caption, image) tuples, got {pair!r:.80}")
             if n % samples_per_shard == 0:

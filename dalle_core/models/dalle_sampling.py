@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Tuple, U
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ..ops.linear import pack_weight, prepacked
 from ..sampling import (DEFAULT_FILTER_THRES, check_sampling_args, filtered_probs, guided_logits, sample_logits,
@@ -378,6 +379,7 @@ class DALLESampling:
         speculative: Optional[int] = None,
         rerank: Optional[str] = None,
         candidates: int = 1,
+        progress: bool = False,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """Images (B, C, H, W) in [0, 1] for captions `text` (B, <= text_seq_len); with `clip` or `rerank`, also
         their scores (B,).
@@ -403,14 +405,14 @@ class DALLESampling:
         likelihood of the codes (`score`), or by the sum of the two ranks ("both", ties to CLIP); returns
         (images, scores), the scores of the kept images, higher is better: the CLIP score, the mean
         log-likelihood per code (minus `score`), or for "both" 1 - (CLIP rank + likelihood rank) /
-        (2 (candidates - 1)), 1 for the best on both.
+        (2 (candidates - 1)), 1 for the best on both. progress: a tqdm bar over the codes drawn.
         """
         images, scores = None, None
         for _, (images, scores) in self._images_iter(
                 text, clip=clip, rerank=rerank, candidates=candidates, stream=False, filter_thres=filter_thres,
                 temperature=temperature, top_p=top_p, img=img, mask=mask, num_init_img_tokens=num_init_img_tokens,
                 cond_scale=cond_scale, negative_text=negative_text, cfg_interval=cfg_interval, use_cache=use_cache,
-                generator=generator, compile=compile, speculative=speculative):
+                generator=generator, compile=compile, speculative=speculative, progress=progress):
             pass
         return images if scores is None else (images, scores)
 
@@ -425,7 +427,7 @@ class DALLESampling:
                 yield rows, images if scores is None else (images, scores)
 
     def _images_iter(self, text: Tensor, *, clip: Optional[nn.Module] = None, rerank: Optional[str] = None,
-                     candidates: int = 1, stream: bool = False, **settings: Any
+                     candidates: int = 1, stream: bool = False, progress: bool = False, **settings: Any
                      ) -> Iterator[Tuple[int, Tuple[Tensor, Optional[Tensor]]]]:
         """The work of `generate_images` and `generate_images_stream`: decode codes (`_codes_iter`), yielding
         (rows done, (partial images, None)) after each row when `stream`, then (fmap, (images, scores or None))."""
@@ -450,10 +452,12 @@ class DALLESampling:
                     settings[key] = value.expand(candidates, *value.shape[1:])
         was_training = self.training
         self.eval()
+        bar = tqdm(total=self.image_seq_len, desc="generate_images", unit="code", disable=not progress)
         try:
             fmap = self.image_fmap_size
             rows_out, codes = 0, None
             for done, codes in self._codes_iter(text, **settings):
+                bar.update(done - bar.n)
                 if stream and done // fmap > rows_out and done < self.image_seq_len:
                     rows_out = done // fmap
                     yield rows_out, (self._partial_images(codes, rows_out, blank=settings.get("img") is None), None)
@@ -464,6 +468,7 @@ class DALLESampling:
             else:
                 yield fmap, (images, None if clip is None else _clip_scores(clip, text, images))
         finally:
+            bar.close()
             self.train(was_training)
 
     def _partial_images(self, codes: Tensor, rows: int, blank: bool) -> Tensor:

@@ -1,0 +1,42 @@
+"""Packaging habits: the version flag, type hints shipped, the declared licence and dependencies, progress bars."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from PIL import Image
+
+import dalle_core
+from dalle_core.cli import main
+from dalle_core.data import write_shards
+from helpers import captions, make_dalle
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_version_flag_prints_the_one_version(capsys):
+    try:
+        main(["--version"])
+    except SystemExit as done:
+        assert done.code == 0
+    assert capsys.readouterr().out.strip() == f"dalle-core {dalle_core.__version__}"
+
+
+def test_pyproject_declares_an_spdx_licence_typed_package_and_what_the_code_imports():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "MIT"
+    deps = " ".join(project["project"]["dependencies"])
+    assert "pillow>=9.1" in deps and "numpy" in deps
+    assert (REPO / "dalle_core" / "py.typed").is_file()
+    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["dalle_core"]
+
+
+def test_generate_images_and_write_shards_show_progress_bars_when_asked(capsys, tmp_path):
+    dalle = make_dalle(depth=1)
+    dalle.generate_images(captions(), use_cache=True, progress=True)
+    assert "generate_images" in capsys.readouterr().err
+    dalle.generate_images(captions(), use_cache=True)
+    assert "generate_images" not in capsys.readouterr().err
+    pairs = [("a caption", Image.new("RGB", (8, 8)))] * 3
+    write_shards(pairs, tmp_path, progress=True)
+    assert "write_shards" in capsys.readouterr().err
