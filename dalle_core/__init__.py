@@ -4,8 +4,9 @@ from .errors import CheckpointError
 from .interop import load_dalle_pytorch, load_dalle_pytorch_clip, load_dalle_pytorch_vae
 from .models import CLIP, DALLE, DiscreteVAE, KVCache, OpenAIDiscreteVAE, Transformer, VQGanVAE, VQVAE
 from .pretrained import from_pretrained, load_training_state, save_pretrained, save_training_state
-from .version import __version__
+from .pipeline import DALLEPipeline, PipelineOutput
 from .refine import clip_refine
+from .version import __version__
 
 __all__ = [
     "DALLE",
@@ -27,4 +28,6 @@ __all__ = [
     "load_dalle_pytorch_vae",
     "load_dalle_pytorch_clip",
     "clip_refine",
+    "DALLEPipeline",
+    "PipelineOutput",
 ]

@@ -79,7 +79,9 @@ def build_parser(command: Optional[str] = "all") -> argparse.ArgumentParser:
     g.add_argument("prompts", nargs="*", help="captions to draw")
     g.add_argument("--prompts-file", type=Path, help="a file with one caption per line")
     g.add_argument("--text", help="captions separated by '|', as DALLE-pytorch's generate.py takes them")
-    g.add_argument("--checkpoint", type=Path, required=True,
+    g.add_argument("--pipeline", type=Path, help="a DALLEPipeline folder (dalle-core demo writes one: "
+                                                 "OUT/models): the DALLE, its tokenizer and its CLIP, checked to match")
+    g.add_argument("--checkpoint", type=Path,
                    help="a DALLE model directory (runs/dalle/model, or a checkpoint's model/ or ema/), or a "
                         "DALLE-pytorch train_dalle.py checkpoint file (dalle.pt)")
     g.add_argument("--tokenizer", help="tokenizer file, or 'simple' (CLIP's BPE) or 'bytes' (default: the one "
@@ -253,6 +255,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     from .data.images import load_image, load_mask, save_image_grid, to_pil
     from .models.clip import CLIP
+    from .pipeline import DALLEPipeline
     from .refine import clip_refine
     from .sampling import DEFAULT_FILTER_THRES, check_sampling_args
     from .tokenizers import find_tokenizer, load_tokenizer
@@ -269,9 +272,20 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-init-img-tokens must be >= 0, got {args.num_init_img_tokens}")
     prompts = _read_prompts(args)
     device = _device(args.device)
-    dalle = _load_dalle(args, device)
-    tokenizer = choose_tokenizer(args, dalle.text_vocab_size)
+    if (args.pipeline is None) == (args.checkpoint is None):
+        raise ValueError("pass either --pipeline DIR (a DALLEPipeline folder) or --checkpoint DIR (a DALLE)")
     clip = clip_tokenizer = None
+    if args.pipeline is not None:
+        for flag in ("tokenizer", "bpe_path", "clip"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} does not go with --pipeline, whose folder holds the "
+                                 f"tokenizer and the CLIP")
+        pipe = DALLEPipeline.from_pretrained(args.pipeline, map_location=device)
+        dalle, tokenizer, clip = pipe.dalle, pipe.tokenizer, pipe.clip
+        clip_tokenizer = tokenizer
+    else:
+        dalle = _load_dalle(args, device)
+        tokenizer = choose_tokenizer(args, dalle.text_vocab_size)
     if args.clip is not None:
         clip = CLIP.from_pretrained(args.clip, map_location=device)
         saved = find_tokenizer(args.clip)

@@ -224,6 +224,14 @@ def test_quick_demo_saves_models_that_dalle_core_generate_reads(quick_run, tmp_p
     assert len(pngs) == 3  # two samples and their grid
     with Image.open(pngs[0]) as img:
         assert img.size == (dalle.vae.image_size, dalle.vae.image_size)
+    # the same models as one pipeline
+    from dalle_core import DALLEPipeline
+
+    pipe = DALLEPipeline.from_pretrained(models)
+    assert pipe.clip is not None and pipe.tokenizer.vocab_size == dalle.text_vocab_size
+    assert cli_main(["generate", "a red circle", "--pipeline", str(models), "--num-images", "2", "--seed", "0",
+                     "--rerank", "clip", "--candidates", "2", "--out", str(tmp_path / "pipe")]) == 0
+    assert len(list((tmp_path / "pipe").rglob("0*.png"))) == 2
 
 
 def test_dalle_core_demo_subcommand_takes_the_demo_flags():

@@ -32,6 +32,7 @@ from ..models.clip import CLIP
 from ..data.images import to_pil
 from ..models.dalle import DALLE
 from ..models.vae import codebook_usage
+from ..pipeline import DALLEPipeline
 from ..tokenizers import save_tokenizer
 from ..training import (CLIPTrainConfig, DALLETrainConfig, VAETrainConfig, train_clip, train_dalle,
                         train_vae)
@@ -314,12 +315,10 @@ def run(cfg: DemoConfig, out: Path) -> dict:
     distinct = diversity(dalle, tokenizer.tokenize(prompts["seen"][0][:8], text_len), cfg, gen)
     lap("generate_and_score")
 
-    # the trained models, ready for `dalle-core generate` (tokenizer saved beside the DALLE and the CLIP); the same
-    # weights as runs/*/model
-    for name, model in (("vae", vae), ("dalle", dalle), ("clip", clip)):
-        model.save_pretrained(out / "models" / name)
-        if name != "vae":
-            save_tokenizer(tokenizer, out / "models" / name)
+    # the trained models as one pipeline, ready for `dalle-core generate --pipeline` (and each model folder, with
+    # the tokenizer beside the DALLE and the CLIP, for --checkpoint); the same weights as runs/*/model
+    vae.save_pretrained(out / "models" / "vae")
+    DALLEPipeline(dalle, tokenizer, clip=clip).save_pretrained(out / "models")
 
     # pictures
     n_show = min(8, len(captions))
@@ -415,8 +414,8 @@ def run_from_args(args: argparse.Namespace) -> dict:
     print(f"wrote {', '.join(summary['files'])} to {args.out}")
     models = args.out / "models"
     cfg = summary["config"]
-    print(f'try: dalle-core generate "a red circle on the left" --checkpoint {models / "dalle"} '
-          f'--clip {models / "clip"} --cond-scale {cfg["cond_scale"]:g} --temperature {cfg["temperature"]:g} '
+    print(f'try: dalle-core generate "a red circle on the left" --pipeline {models} '
+          f'--cond-scale {cfg["cond_scale"]:g} --temperature {cfg["temperature"]:g} '
           f'--filter-thres {cfg["filter_thres"]:g} --out {args.out / "samples"}')
     return summary
 
