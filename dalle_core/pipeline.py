@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .data.images import to_pil
 from .files import PathOrStr as PathLike
+from .hub import push_to_hub, resolve
 from .models.clip import CLIP
 from .models.dalle import DALLE
 from .tokenizers import Tokenizer, find_tokenizer, load_tokenizer, save_tokenizer
@@ -117,8 +118,9 @@ class DALLEPipeline:
     @classmethod
     def from_pretrained(cls, directory: PathLike, *, map_location: Union[str, torch.device, None] = None
                         ) -> "DALLEPipeline":
-        """Load a folder written by `save_pretrained`, checking every piece against pipeline.json."""
-        root = Path(directory)
+        """Load a folder written by `save_pretrained` (or a Hub repo id: `dalle_core.hub.resolve`), checking every
+        piece against pipeline.json."""
+        root = resolve(directory)
         record_path = root / PIPELINE_FILE
         if not record_path.is_file():
             raise FileNotFoundError(f"{root} is not a pipeline folder: it has no {PIPELINE_FILE} (write one with "
@@ -141,6 +143,11 @@ class DALLEPipeline:
                 raise ValueError(f"{root / part} does not match {PIPELINE_FILE}: recorded {saved[part]}, found "
                                  f"{loaded[part]} (a model was replaced by hand)")
         return pipe
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload this pipeline's folder and a generated model card to the Hub repo `repo_id` (see
+        `dalle_core.hub.push_to_hub`: token, private, trained_on, scores, ...)."""
+        return push_to_hub(self, repo_id, **kwargs)
 
     # --- generation ---------------------------------------------------------------------------------------------
 

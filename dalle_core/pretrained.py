@@ -214,6 +214,13 @@ class PretrainedMixin:
         unless `allow_nonfinite`)."""
         return from_pretrained(cls, directory, map_location=map_location, allow_nonfinite=allow_nonfinite)
 
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload this model (config, safetensors, a generated model card) to the Hub repo `repo_id`; see
+        `dalle_core.hub.push_to_hub` for the keywords (token, private, trained_on, scores, ...)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
 
 def _class_name(cls: type) -> str:
     """The registered model class `cls` is or derives from (so subclasses save as their base)."""
@@ -315,8 +322,11 @@ def _builder(doc: Dict[str, Any], cls: Optional[type], names: List[str], path: P
 def from_pretrained(cls: Optional[type], directory: PathOrStr, map_location: Union[str, torch.device, None] = None,
                     *, allow_nonfinite: bool = False) -> nn.Module:
     """Rebuild the model saved in `directory` (of class `cls`, or whichever it records when None), in eval mode;
-    NaN or infinite weights raise CheckpointError unless `allow_nonfinite`."""
-    directory = Path(directory)
+    NaN or infinite weights raise CheckpointError unless `allow_nonfinite`. `directory` may be a Hugging Face
+    Hub repo id ("user/repo", see `dalle_core.hub.resolve`) when no such local folder exists."""
+    from .hub import resolve
+
+    directory = resolve(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path}: missing (save_pretrained writes {CONFIG_NAME} and {WEIGHTS_NAME})")
