@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -410,6 +411,35 @@ def _describe(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is at the time (pytest and notebooks swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(levelname_prefix)s%(message)s"))
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.levelname_prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        super().emit(record)
+
+
+def _show_library_messages() -> None:
+    """Show the library's INFO messages (trainer progress) on stdout while the command runs, once."""
+    logger = logging.getLogger("dalle_core")
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        logger.addHandler(_StdoutHandler())
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Optional[Sequence[str]] = None, *, callbacks: Sequence[Any] = ()) -> int:
     """Run `dalle-core` with `argv` (default: sys.argv[1:]); returns the exit status (1 for a user error).
 
@@ -418,6 +448,7 @@ def main(argv: Optional[Sequence[str]] = None, *, callbacks: Sequence[Any] = ())
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(_command_in(argv)).parse_args(argv)
     args.callbacks = list(callbacks)
+    _show_library_messages()
     from .errors import NonFiniteError
 
     try:

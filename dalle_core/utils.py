@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import importlib
 import math
 from collections.abc import Iterable
@@ -23,6 +24,21 @@ def cast_tuple(val: Any, length: int = 1) -> tuple:
     if isinstance(val, Iterable) and not isinstance(val, str):
         return tuple(val)
     return (val,) * length
+
+
+LOGGER_NAME = "dalle_core"
+
+
+def get_logger() -> logging.Logger:
+    """The library's logger, `logging.getLogger("dalle_core")`: its messages (trainers' progress and
+    warnings) go through it, never `print`; the `dalle-core` command shows them on stdout."""
+    return logging.getLogger(LOGGER_NAME)
+
+
+def main_process_log(accelerator: Any, message: str, level: int = logging.INFO) -> None:
+    """Log `message` on the main process only (every process runs the trainers)."""
+    if accelerator is None or accelerator.is_main_process:
+        get_logger().log(level, message)
 
 
 def eval_decorator(fn: Callable) -> Callable:

@@ -40,3 +40,23 @@ def test_generate_images_and_write_shards_show_progress_bars_when_asked(capsys, 
     pairs = [("a caption", Image.new("RGB", (8, 8)))] * 3
     write_shards(pairs, tmp_path, progress=True)
     assert "write_shards" in capsys.readouterr().err
+
+
+def test_library_messages_go_through_the_dalle_core_logger_not_print(caplog):
+    import ast
+    import logging
+
+    from dalle_core.utils import main_process_log
+
+    allowed = {"cli.py", "runner.py", "__main__.py"}  # the commands' own output
+    for path in (REPO / "dalle_core").rglob("*.py"):
+        if path.name in allowed:
+            continue
+        tree = ast.parse(path.read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                 and ((isinstance(n.func, ast.Name) and n.func.id == "print")
+                      or (isinstance(n.func, ast.Attribute) and n.func.attr == "print"))]
+        assert not calls, f"{path.relative_to(REPO)} prints at line {calls[0].lineno}"
+    with caplog.at_level(logging.INFO, logger="dalle_core"):
+        main_process_log(None, "resumed from here")
+    assert caplog.records[-1].name == "dalle_core" and caplog.records[-1].getMessage() == "resumed from here"

@@ -12,6 +12,7 @@ resumes its own position by re-reading its shards up to it.
 from __future__ import annotations
 
 import copy
+import logging
 import itertools
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from ..data import TextImageDataset, WebTextImageDataset
 from ..data.common import generator, mix_seed
 from ..tokenizers import Tokenizer
+from ..utils import main_process_log
 from .config import TrainConfig
 
 __all__ = ["Batch", "EpochShuffle", "SeededSamples", "BatchStream", "build_dataset", "skip_counts", "runs_commands",
@@ -158,13 +160,14 @@ class BatchStream:
             if saved_world == world:
                 epoch, batch = epoch[acc.process_index], batch[acc.process_index]
             else:
-                acc.print(f"warning: the checkpoint was written by {saved_world} processes, this run has {world}: "
-                          f"each process restarts epoch {min(epoch)} of its shards")
+                main_process_log(acc, f"the checkpoint was written by {saved_world} processes, this run has "
+                                      f"{world}: each process restarts epoch {min(epoch)} of its shards",
+                                 logging.WARNING)
                 epoch, batch = min(epoch), 0
         elif saved_world != world:
             batch = batch * saved_world // world  # as many samples consumed as before, in another order
-            acc.print(f"warning: resuming with {world} processes instead of {saved_world}: the data order differs "
-                      "from an uninterrupted run")
+            main_process_log(acc, f"resuming with {world} processes instead of {saved_world}: the data order "
+                                  "differs from an uninterrupted run", logging.WARNING)
         self.epoch, self.batch = int(epoch), int(batch)
 
     def __iter__(self) -> Iterator[Tuple[int, int, Batch]]:

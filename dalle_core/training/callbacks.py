@@ -6,7 +6,7 @@ the same point). Subclass `Callback` and override what you need:
 
     class PrintLoss(Callback):
         def on_update(self, trainer, step):
-            trainer.accelerator.print(step)
+            logging.getLogger("dalle_core").info(f"update {step}")
 
 `SampleRecorder` is the built-in one: which samples each process read for each micro-batch, and each
 process's final weight checksum, for checking how data is split across processes and that they agree.

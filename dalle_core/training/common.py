@@ -29,6 +29,7 @@ from ..files import write_text_atomic
 from ..version import __version__
 from ..pretrained import build_like, load_training_state, save_training_state
 from ..errors import NonFiniteError
+from ..utils import main_process_log
 from ..data.common import mix_seed
 from .batches import Batch, BatchStream, build_dataset, skip_counts
 from .callbacks import SAMPLE_IDS_NAME, Callback
@@ -178,9 +179,9 @@ class Trainer:
                 raise ValueError(f"the run in {self.out} is already at update {at}, past --steps {steps}: pass "
                                  f"--steps above {at} to train it further")
             if at == steps:
-                self.accelerator.print(f"the run in {self.out} is already at update {at} = --steps {steps}: "
-                                       "nothing to train; re-exporting its final model (pass a larger --steps to "
-                                       "train further)")
+                main_process_log(self.accelerator, f"the run in {self.out} is already at update {at} = --steps "
+                                 f"{steps}: nothing to train; re-exporting its final model (pass a larger --steps "
+                                 "to train further)")
         return found if self.resume else None
 
     def _prepare_out(self) -> None:
@@ -240,12 +241,12 @@ class Trainer:
         self.log = MetricsLog(self.out, enabled=self.is_main, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                               wandb_project=cfg.wandb_project, config=config_to_dict(cfg))
         usable = len(dataset) if stream.sized else None
-        acc.print(f"data: {usable if usable is not None else 'streamed'} usable samples; "
-                  + getattr(dataset, "skip_summary", lambda: "no skip report")())
+        main_process_log(acc, f"data: {usable if usable is not None else 'streamed'} usable samples; "
+                         + getattr(dataset, "skip_summary", lambda: "no skip report")())
         self.log.event(step, "data", usable=usable, skipped=skip_counts(dataset))
         self.fixed = stream.first_items(cfg.num_samples) if self.is_main and cfg.sample_every else None
         if self.checkpoint:
-            acc.print(f"resumed from {self.checkpoint} at update {step}")
+            main_process_log(acc, f"resumed from {self.checkpoint} at update {step}")
 
         self._loop(step)
         self._finish(dataset)
@@ -437,6 +438,7 @@ class Trainer:
         for callback in self.callbacks:
             extra.update(callback.on_end(self, step) or {})
         self.log.event(step, "end", skipped=skipped, **extra)
-        acc.print(f"data skipped during the run: {skipped or 'nothing'}; final model in {self.out / 'model'}")
+        main_process_log(acc, f"data skipped during the run: {skipped or 'nothing'}; final model in "
+                              f"{self.out / 'model'}")
         self.log.close()
         acc.wait_for_everyone()
