@@ -28,7 +28,7 @@ parser.add_argument("--tokenizer", type=Path, help="the tokenizer file the DALLE
 parser.add_argument("--prompt", action="append", help="a caption (needs --tokenizer); repeat for several")
 parser.add_argument("--num-images", type=int, default=4, help="images per caption")
 parser.add_argument("--out", type=Path, default=Path("outputs/load_dalle_pytorch"))
-args = parser.parse_args()
+args, _ = parser.parse_known_args()  # a notebook kernel adds its own flags (-f kernel.json): ignore them
 args.out.mkdir(parents=True, exist_ok=True)
 gen = torch.Generator().manual_seed(0)
 

@@ -15,7 +15,7 @@ from dalle_core import DALLE, DiscreteVAE
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", type=Path, default=Path("outputs/quickstart"))
 parser.add_argument("--steps", type=int, default=300)
-args = parser.parse_args()
+args, _ = parser.parse_known_args()  # a notebook kernel adds its own flags (-f kernel.json): ignore them
 torch.manual_seed(0)
 
 COLOURS = {1: (1.0, 0.1, 0.1), 2: (0.1, 0.8, 0.1), 3: (0.1, 0.2, 1.0)}  # caption id -> RGB

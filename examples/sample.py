@@ -27,7 +27,7 @@ parser.add_argument("--cond-scale", type=float, default=3.0, help="classifier-fr
 parser.add_argument("--candidates", type=int, default=4, help="samples per caption for CLIP to choose from")
 parser.add_argument("--image-size", type=int, default=32, help="of the untrained DALLE")
 parser.add_argument("--seed", type=int, default=0)
-args = parser.parse_args()
+args, _ = parser.parse_known_args()  # a notebook kernel adds its own flags (-f kernel.json): ignore them
 prompts = args.prompt or ["a large red circle on the left", "a small blue square at the top"]
 args.out.mkdir(parents=True, exist_ok=True)
 gen = torch.Generator().manual_seed(args.seed)  # every sampling call below draws from it: reproducible runs

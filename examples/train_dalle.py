@@ -32,7 +32,7 @@ parser.add_argument("--text-seq-len", type=int, default=64, help="caption tokens
 parser.add_argument("--dim", type=int, default=128)
 parser.add_argument("--depth", type=int, default=2)
 parser.add_argument("--num-images", type=int, default=256, help="how many shapes to render without --folder")
-args = parser.parse_args()
+args, _ = parser.parse_known_args()  # a notebook kernel adds its own flags (-f kernel.json): ignore them
 torch.manual_seed(0)
 
 

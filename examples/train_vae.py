@@ -28,7 +28,7 @@ parser.add_argument("--steps", type=int, default=500)
 parser.add_argument("--batch-size", type=int, default=16)
 parser.add_argument("--lr", type=float, default=2e-3)
 parser.add_argument("--num-images", type=int, default=256, help="how many shapes to render without --folder")
-args = parser.parse_args()
+args, _ = parser.parse_known_args()  # a notebook kernel adds its own flags (-f kernel.json): ignore them
 torch.manual_seed(0)
 
 

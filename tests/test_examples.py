@@ -43,8 +43,15 @@ def tile(path, row, col, size):
 
 
 def test_quickstart(tmp_path):
-    run("quickstart.py", "--steps", 2, "--out", tmp_path)
+    # the flags a Jupyter kernel adds are ignored, so that the example also runs as a notebook cell
+    run("quickstart.py", "--steps", 2, "--out", tmp_path, "-f", tmp_path / "kernel-123.json")
     assert png(tmp_path / "samples.png") == (512, 384)
+
+
+def test_every_example_ignores_flags_it_does_not_know():
+    for path in (ROOT / "examples").glob("*.py"):
+        text = path.read_text()
+        assert "parse_args()" not in text, f"{path.name}: parse_args() exits under a notebook kernel"
 
 
 def test_train_vae(tmp_path):
