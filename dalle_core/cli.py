@@ -51,6 +51,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, command: str) -> None:
                         "defaults; flags given here replace them, except the model's; a 'pipe:' --shards "
                         "value is never taken from the saved flags: give --shards again). A run already past "
                         "--steps is an error (exit 1); one exactly at --steps says so and exits 0")
+    p.add_argument("--config", type=Path, help="a JSON or YAML file of settings (field names as the flags', "
+                                               "e.g. steps: 1000); flags given on the command line override it")
     add_config_arguments(p, _trainer_class(command).config_class)
     p.set_defaults(run=_train)
 
@@ -140,17 +142,23 @@ def build_parser(command: Optional[str] = "all") -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from .training.batches import runs_commands
     from .training.common import RUN_CONFIG_NAME
-    from .training.config import config_from_args, load_config_file
+    from .training.config import config_from_args, load_config_file, load_user_config
 
     trainer_class = _trainer_class(args.command)
     config_class = trainer_class.config_class
     out = Path(getattr(args, "out", config_class().out))
     saved = out / RUN_CONFIG_NAME
+    if args.config is not None and args.resume:
+        raise ValueError("--resume takes the run's saved settings: drop --config (or pass its flags)")
     base = load_config_file(config_class, saved) if args.resume and saved.is_file() else None
+    if args.config is not None:
+        base = load_user_config(config_class, args.config)
+        out = Path(getattr(args, "out", base.out))
     given_shards = "shards" in vars(args)  # only shards typed on this command line may run a command
     if base is not None and runs_commands(base.shards) and not given_shards:
-        raise ValueError(f"{saved} names shards that run a command ({base.shards!r}); a saved run config never "
-                         "runs commands: pass --shards again on the command line to resume")
+        source = saved if args.config is None else args.config
+        raise ValueError(f"{source} names shards that run a command ({base.shards!r}); a settings file never "
+                         "runs commands: pass --shards again on the command line")
     config = config_from_args(config_class, args, base)
     trainer = trainer_class(config, resume=args.resume, allow_pipe=given_shards, callbacks=args.callbacks)
     trainer.train()

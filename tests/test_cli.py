@@ -267,3 +267,35 @@ def test_generate_refuses_inconsistent_sampling_flags(runs, tmp_path, capsys, op
     assert main(["generate", "red top", *flags(checkpoint=runs["dalle"] / "model", out=tmp_path / "x",
                                                **options)]) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_train_takes_a_config_file_that_flags_override(runs, tmp_path, suffix):
+    out = tmp_path / "from-config"
+    settings = {"folder": str(runs["data"]), "out": str(out), "steps": 3, "batch_size": 4, "lr": 3e-3,
+                "warmup_steps": 0, "log_every": 1, "sample_every": 0, "image_size": 16, "num_tokens": 32,
+                "codebook_dim": 16, "num_layers": 2, "num_resnet_blocks": 0, "hidden_dim": 16}
+    path = tmp_path / f"vae{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(settings))
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump({k.replace("_", "-"): v for k, v in settings.items()}))
+    assert main(["train-vae", "--config", str(path), "--steps", "2"]) == 0
+    saved = json.loads((out / "train_config.json").read_text())["config"]
+    assert saved["steps"] == 2 and saved["num_tokens"] == 32 and saved["lr"] == 3e-3
+
+
+def test_train_config_file_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"stepz": 3}))
+    assert main(["train-vae", "--config", str(bad)]) == 1
+    assert "unknown VAETrainConfig fields ['stepz']" in capsys.readouterr().err
+    bad.write_text("[1, 2]")
+    assert main(["train-vae", "--config", str(bad)]) == 1
+    assert "expected a mapping" in capsys.readouterr().err
+    piped = tmp_path / "piped.yaml"
+    piped.write_text("shards: 'pipe:echo hi'\n")
+    assert main(["train-vae", "--config", str(piped)]) == 1
+    assert "never runs commands" in capsys.readouterr().err

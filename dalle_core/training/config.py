@@ -281,6 +281,34 @@ def load_config_file(cls: Type[C], path: Path) -> C:
     return config_from_dict(cls, data, str(path))
 
 
+def load_user_config(cls: Type[C], path: Path) -> C:
+    """A config from a user's file for `train-* --config FILE`: JSON or YAML (read as data: `yaml.safe_load`),
+    a mapping of field names (the flags' names with '_' for '-') to values, or a run's train_config.json."""
+    from ..files import read_text
+
+    text = read_text(path, what="--config file")
+    try:
+        if Path(path).suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            doc = yaml.safe_load(text)
+        else:
+            doc = json.loads(text)
+    except Exception as e:  # json.JSONDecodeError or yaml.YAMLError: both say where
+        raise ValueError(f"--config {path}: not valid {'YAML' if str(path).endswith(('yaml', 'yml')) else 'JSON'}: "
+                         f"{e}") from None
+    if isinstance(doc, dict) and isinstance(doc.get("config"), dict) and "trainer" in doc:
+        doc = doc["config"]  # a run's train_config.json
+    if not isinstance(doc, dict) or not all(isinstance(k, str) for k in doc):
+        raise ValueError(f"--config {path}: expected a mapping of {cls.__name__} fields to values, got "
+                         f"{type(doc).__name__}")
+    doc = {k.replace("-", "_"): v for k, v in doc.items()}
+    try:
+        return config_from_dict(cls, doc, f"--config {path}")
+    except TypeError as e:
+        raise ValueError(f"--config {path}: {e}") from None
+
+
 # --- argparse -----------------------------------------------------------------------------------------------
 
 
