@@ -38,7 +38,7 @@ def _trainer_class(command: str) -> type:
 
 def _command_in(argv: Sequence[str]) -> Optional[str]:
     """The subcommand `argv` names (its first word that is one), or None."""
-    names = {*TRAINERS, "demo", "generate"}
+    names = {*TRAINERS, "demo", "generate", "app"}
     return next((a for a in argv if a in names), None)
 
 
@@ -136,6 +136,16 @@ def build_parser(command: Optional[str] = "all") -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true",
                    help="decode through torch.compile (one graph for every position; pays off on a GPU)")
     g.set_defaults(run=_generate)
+
+    a = sub.add_parser("app", help="serve a web app (Gradio) over a pipeline folder",
+                       description="A web app over a DALLEPipeline: prompt, sampling settings, a gallery that "
+                                   "fills row by row, reranking, inpainting. Needs the [app] extra (gradio).")
+    a.add_argument("--pipeline", required=True, help="a DALLEPipeline folder (dalle-core demo writes OUT/models) "
+                                                     "or a Hugging Face Hub repo id")
+    a.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1)")
+    a.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    a.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    a.set_defaults(run=_app)
     return parser
 
 
@@ -398,6 +408,13 @@ def _same_ids(text: Any, ctext: Any) -> bool:
     """Whether two tokenizations of one prompt hold the same ids (padding aside)."""
     a, b = text[0][text[0] != 0], ctext[0][ctext[0] != 0]
     return a.shape == b.shape and bool((a == b).all())
+
+
+def _app(args: argparse.Namespace) -> int:
+    from .app import launch
+
+    launch(args.pipeline, host=args.host, port=args.port, share=args.share)
+    return 0
 
 
 def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
