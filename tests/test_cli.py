@@ -299,3 +299,11 @@ def test_train_config_file_errors(tmp_path, capsys):
     piped.write_text("shards: 'pipe:echo hi'\n")
     assert main(["train-vae", "--config", str(piped)]) == 1
     assert "never runs commands" in capsys.readouterr().err
+
+
+def test_app_subcommand_takes_its_flags():
+    from dalle_core.cli import build_parser
+
+    args = build_parser().parse_args(["app", "--pipeline", "outputs/demo/models", "--port", "7861"])
+    assert args.command == "app" and args.pipeline == "outputs/demo/models" and args.port == 7861
+    assert args.host == "127.0.0.1" and not args.share
