@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models.vae import clamp_with_grad
-from .utils import check_float, check_images, check_int, check_real_batch, check_token_ids
+from .utils import check_float, check_images, check_int, check_real_batch, check_text_mask, check_token_ids
 
 __all__ = ["clip_refine", "clip_score", "make_cutouts", "LATENT_METHODS"]
 
@@ -105,12 +105,7 @@ def _check_text(text: Any, text_mask: Any, batch: int) -> Tuple[Tensor, Optional
         raise ValueError(f"text has {text.shape[0]} captions but there are {batch} images: give one caption per "
                          "image, or one caption for all")
     if text_mask is not None:
-        if not isinstance(text_mask, Tensor) or text_mask.dtype != torch.bool:
-            got = text_mask.dtype if isinstance(text_mask, Tensor) else type(text_mask).__name__
-            raise TypeError(f"text_mask must be a bool tensor (True on real tokens), got {got}")
-        if text_mask.shape != text.shape:
-            raise ValueError(f"text_mask must have the text's shape {tuple(text.shape)}, got "
-                             f"{tuple(text_mask.shape)}")
+        check_text_mask(text_mask, text)
         text_mask = text_mask.expand(batch, -1)
     return text.expand(batch, -1), text_mask
 

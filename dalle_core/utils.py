@@ -41,6 +41,15 @@ def main_process_log(accelerator: Any, message: str, level: int = logging.INFO) 
         get_logger().log(level, message)
 
 
+def check_text_mask(text_mask: Any, text: "torch.Tensor") -> None:
+    """TypeError / ValueError unless `text_mask` is a bool tensor of `text`'s shape (True on real tokens)."""
+    if not isinstance(text_mask, torch.Tensor) or text_mask.dtype != torch.bool:
+        got = text_mask.dtype if isinstance(text_mask, torch.Tensor) else type(text_mask).__name__
+        raise TypeError(f"text_mask must be a bool tensor (True = real token), got {got}")
+    if text_mask.shape != text.shape:
+        raise ValueError(f"text_mask must have the text's shape {tuple(text.shape)}, got {tuple(text_mask.shape)}")
+
+
 def eval_decorator(fn: Callable) -> Callable:
     """Run a method with the module in eval mode, restoring the previous mode afterwards."""
 

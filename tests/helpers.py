@@ -88,6 +88,22 @@ def make_dalle(attn_types=("full",), depth=4, **kwargs) -> DALLE:
     return dalle.eval()
 
 
+def tiny_pipeline(text_seq_len: int = 6):
+    """A DALLEPipeline of untrained tiny models over a two-caption word tokenizer (16x16 images, a 4x4 grid)."""
+    from dalle_core import CLIP, DALLEPipeline
+    from dalle_core.tokenizers import WordTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = WordTokenizer.train(["a red circle", "a blue square on the left"])
+    vae = DiscreteVAE(image_size=16, num_layers=2, num_tokens=16, codebook_dim=8, hidden_dim=8)
+    dalle = DALLE(dim=32, vae=vae, num_text_tokens=tokenizer.vocab_size, text_seq_len=text_seq_len, depth=1,
+                  heads=2, dim_head=16)
+    clip = CLIP(num_text_tokens=tokenizer.vocab_size, text_seq_len=text_seq_len, dim_text=16, dim_image=16,
+                dim_latent=16, text_enc_depth=1, visual_enc_depth=1, text_heads=2, visual_heads=2,
+                visual_image_size=16, visual_patch_size=8)
+    return DALLEPipeline(dalle, tokenizer, clip=clip)
+
+
 def captions(batch: int = 2) -> torch.Tensor:
     text = torch.randint(1, VOCAB, (batch, TEXT_LEN), generator=torch.Generator().manual_seed(5))
     text[0, 3:] = 0

@@ -15,22 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from dalle_core import CLIP, DALLE, DALLEPipeline, DiscreteVAE
-from dalle_core.tokenizers import WordTokenizer
+from dalle_core import DALLEPipeline
+from helpers import tiny_pipeline
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-def _tiny_pipeline() -> DALLEPipeline:
-    torch.manual_seed(0)
-    tokenizer = WordTokenizer.train(["a red circle", "a blue square"])
-    vae = DiscreteVAE(image_size=16, num_layers=2, num_tokens=16, codebook_dim=8, hidden_dim=8)
-    dalle = DALLE(dim=32, vae=vae, num_text_tokens=tokenizer.vocab_size, text_seq_len=6, depth=1, heads=2,
-                  dim_head=16)
-    clip = CLIP(num_text_tokens=tokenizer.vocab_size, text_seq_len=6, dim_text=16, dim_image=16, dim_latent=16,
-                text_enc_depth=1, visual_enc_depth=1, text_heads=2, visual_heads=2, visual_image_size=16,
-                visual_patch_size=8)
-    return DALLEPipeline(dalle, tokenizer, clip=clip)
 
 
 def test_editor_mask_is_true_where_a_layer_was_painted():
@@ -66,7 +54,7 @@ def test_the_app_generates_in_a_real_browser(tmp_path):
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     source = os.environ.get("DALLE_CORE_APP_PIPELINE")
-    pipe = DALLEPipeline.from_pretrained(source) if source else _tiny_pipeline()
+    pipe = DALLEPipeline.from_pretrained(source) if source else tiny_pipeline()
     app = build_app(pipe)
     port = _free_port()
     app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

@@ -11,25 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dalle_core import CLIP, DALLE, DALLEPipeline, DiscreteVAE
+from dalle_core import DALLEPipeline
 from dalle_core.hub import is_repo_id, model_card, resolve
-from dalle_core.tokenizers import WordTokenizer
-from helpers import cli_env
+from helpers import cli_env, tiny_pipeline
 from helpers import one_thread  # noqa: F401  (its autouse fixture: one thread, as in the subprocess)
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _pipeline() -> DALLEPipeline:
-    torch.manual_seed(0)
-    tokenizer = WordTokenizer.train(["a red circle", "a blue square"])
-    vae = DiscreteVAE(image_size=16, num_layers=2, num_tokens=16, codebook_dim=8, hidden_dim=8)
-    dalle = DALLE(dim=32, vae=vae, num_text_tokens=tokenizer.vocab_size, text_seq_len=6, depth=1, heads=2,
-                  dim_head=16)
-    clip = CLIP(num_text_tokens=tokenizer.vocab_size, text_seq_len=6, dim_text=16, dim_image=16, dim_latent=16,
-                text_enc_depth=1, visual_enc_depth=1, text_heads=2, visual_heads=2, visual_image_size=16,
-                visual_patch_size=8)
-    return DALLEPipeline(dalle, tokenizer, clip=clip)
 
 
 def _cache_repo(cache: Path, repo_id: str, source: Path) -> None:
@@ -41,7 +28,7 @@ def _cache_repo(cache: Path, repo_id: str, source: Path) -> None:
 
 
 def test_repo_ids_load_from_the_hub_cache_offline(tmp_path):
-    pipe = _pipeline()
+    pipe = tiny_pipeline()
     pipe.save_pretrained(tmp_path / "pipe")
     pipe.dalle.vae.save_pretrained(tmp_path / "vae")
     cache = tmp_path / "cache"
@@ -84,7 +71,7 @@ class RecordingApi:
 
 
 def test_push_to_hub_sends_the_saved_folder_and_a_model_card(tmp_path):
-    pipe = _pipeline()
+    pipe = tiny_pipeline()
     api = RecordingApi(tmp_path / "sent")
     url = pipe.push_to_hub("someone/shapes", api=api, private=True, trained_on="20,000 shapes renders",
                            scores={"seen plain": 0.95})
@@ -113,5 +100,5 @@ def test_bad_repo_ids_and_local_paths():
     assert not is_repo_id("../etc") and not is_repo_id("user/..")
     assert resolve(os.getcwd()) == Path(os.getcwd())
     with pytest.raises(ValueError, match="user/repo"):
-        _pipeline().push_to_hub("not a repo", api=RecordingApi(Path("unused")))
-    assert "Not recorded." in model_card(_pipeline(), "a/b")
+        tiny_pipeline().push_to_hub("not a repo", api=RecordingApi(Path("unused")))
+    assert "Not recorded." in model_card(tiny_pipeline(), "a/b")

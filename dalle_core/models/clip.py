@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..utils import check_images, check_int, check_real_batch, check_same_batch, check_token_ids, eval_decorator
+from ..utils import (check_images, check_int, check_real_batch, check_same_batch, check_text_mask, check_token_ids,
+                     eval_decorator)
 from ..pretrained import PretrainedMixin
 from .transformer import Transformer
 from .reference_names import rename_reference_keys
@@ -116,12 +117,7 @@ class CLIP(PretrainedMixin, nn.Module, register=True):
             raise ValueError(f"text must have between 1 and text_seq_len={self.text_seq_len} tokens, "
                              f"got {text.shape[1]} (shape {tuple(text.shape)})")
         if text_mask is not None:
-            if not isinstance(text_mask, Tensor) or text_mask.dtype != torch.bool:
-                got = text_mask.dtype if isinstance(text_mask, Tensor) else type(text_mask).__name__
-                raise TypeError(f"text_mask must be a bool tensor (True = real token), got {got}")
-            if text_mask.shape != text.shape:
-                raise ValueError(f"text_mask must have the text's shape {tuple(text.shape)}, "
-                                 f"got {tuple(text_mask.shape)}")
+            check_text_mask(text_mask, text)
             if not bool(text_mask.any(dim=1).all()):
                 raise ValueError("text_mask leaves a caption with no unmasked token; its mean would be undefined")
         return text
