@@ -1,7 +1,8 @@
 """DALLE: a decoder-only transformer over [<bos> text ; image codes] with DALLE-pytorch's API.
 
-This module holds the network and the loss; generation (`generate_images`, `generate_texts`, the decoding
-step) is `DALLESampling`, in `dalle_sampling.py`.
+This module holds the network and the loss; generation is `DALLESampling` (codes, the decoding step,
+`generate_texts`: `dalle_sampling.py`) and `DALLEImages` (`generate_images`, streaming, reranking, `score`:
+`dalle_images.py`).
 
 Differences from DALLE-pytorch 1.6.6 (each covered by a test): the caller's tensors are never mutated;
 classifier-free guidance runs both branches in one batch at every step; the key/value cache is used
@@ -25,6 +26,7 @@ from ..sampling import guided_logits, with_null_condition
 from ..utils import (cast_tuple, check_float, check_images, check_int, check_real_batch, check_same_batch,
                      check_token_ids, default, set_requires_grad)
 from .cache import KVCache
+from .dalle_images import DALLEImages
 from .dalle_sampling import DALLESampling
 from .transformer import DivideMax, Transformer, check_buffer_bytes
 from .reference_names import rename_reference_keys
@@ -34,7 +36,7 @@ __all__ = ["DALLE"]
 CacheArg = Optional[Union[KVCache, dict]]
 
 
-class DALLE(PretrainedMixin, DALLESampling, nn.Module, register=True):
+class DALLE(PretrainedMixin, DALLESampling, DALLEImages, nn.Module, register=True):
     """Text-to-image transformer: models p(text, image codes) autoregressively; the dVAE `vae` is frozen.
 
     Args:
