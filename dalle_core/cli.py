@@ -29,6 +29,27 @@ TRAINERS = {
 
 DEMO_HELP = "train dVAE, DALLE and CLIP on the built-in shapes data and score them"
 
+EXAMPLES = {  # shown at the end of each subcommand's --help
+    "train-vae": ["dalle-core train-vae --folder data/ --out runs/vae --steps 2000",
+                  "dalle-core train-vae --kind vq --folder data/ --out runs/vq --num-tokens 512",
+                  "dalle-core train-vae --config vae.yaml --steps 500   # flags override the file"],
+    "train-dalle": ["dalle-core train-dalle --folder data/ --vae runs/vae/model --out runs/dalle --steps 5000",
+                    "dalle-core train-dalle --out runs/dalle --resume --steps 8000"],
+    "train-clip": ["dalle-core train-clip --folder data/ --out runs/clip --steps 2000"],
+    "demo": ["dalle-core demo", "dalle-core demo --quick --out /tmp/demo",
+             "dalle-core demo --tokenizer vq --steps-scale 2"],
+    "generate": ['dalle-core generate "a red circle" --pipeline outputs/demo/models --num-images 8 --seed 0',
+                 'dalle-core generate "a red circle" --checkpoint runs/dalle/model --clip runs/clip/model '
+                 '--cond-scale 1.5',
+                 'dalle-core generate "a blue square" --pipeline DIR --img in.png --mask mask.png --stream',
+                 'dalle-core generate "a red circle" --pipeline DIR --rerank both --candidates 4 --speculative 8'],
+    "app": ["dalle-core app --pipeline outputs/demo/models", "dalle-core app --pipeline user/repo --port 8080"],
+}
+
+
+def _epilog(command: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[command])
+
 
 def _trainer_class(command: str) -> type:
     from . import training  # imported when needed: `generate` and --help do not pay for accelerate
@@ -66,11 +87,13 @@ def build_parser(command: Optional[str] = "all") -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in TRAINERS.items():
         p = sub.add_parser(name, help=help_text, description=f"{help_text[0].upper()}{help_text[1:]}. Data: "
-                           "--folder DIR or --shards PATTERN. Run it under `accelerate launch` for several GPUs.")
+                           "--folder DIR or --shards PATTERN. Run it under `accelerate launch` for several GPUs.",
+                           epilog=_epilog(name), formatter_class=argparse.RawDescriptionHelpFormatter)
         if command in (name, "all"):
             _add_train_arguments(p, name)
 
-    d = sub.add_parser("demo", help=DEMO_HELP, description=f"{DEMO_HELP[0].upper()}{DEMO_HELP[1:]}.")
+    d = sub.add_parser("demo", help=DEMO_HELP, description=f"{DEMO_HELP[0].upper()}{DEMO_HELP[1:]}.",
+                       epilog=_epilog("demo"), formatter_class=argparse.RawDescriptionHelpFormatter)
     if command in ("demo", "all"):
         from .demo import runner as demo
 
@@ -78,7 +101,8 @@ def build_parser(command: Optional[str] = "all") -> argparse.ArgumentParser:
         d.set_defaults(run=lambda args: _demo(d, args))
 
     g = sub.add_parser("generate", help="generate images from captions with a trained DALLE",
-                       description="Generate images for each prompt; writes one folder of PNGs and a grid per prompt.")
+                       description="Generate images for each prompt; writes one folder of PNGs and a grid per prompt.",
+                       epilog=_epilog("generate"), formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("prompts", nargs="*", help="captions to draw")
     g.add_argument("--prompts-file", type=Path, help="a file with one caption per line")
     g.add_argument("--text", help="captions separated by '|', as DALLE-pytorch's generate.py takes them")
@@ -139,7 +163,8 @@ def build_parser(command: Optional[str] = "all") -> argparse.ArgumentParser:
 
     a = sub.add_parser("app", help="serve a web app (Gradio) over a pipeline folder",
                        description="A web app over a DALLEPipeline: prompt, sampling settings, a gallery that "
-                                   "fills row by row, reranking, inpainting. Needs the [app] extra (gradio).")
+                                   "fills row by row, reranking, inpainting. Needs the [app] extra (gradio).",
+                       epilog=_epilog("app"), formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--pipeline", required=True, help="a DALLEPipeline folder (dalle-core demo writes OUT/models) "
                                                      "or a Hugging Face Hub repo id")
     a.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1)")

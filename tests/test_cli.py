@@ -45,6 +45,8 @@ def test_each_training_command_lowers_its_loss_and_writes_its_model(runs):
         curve = losses(runs[name])
         assert sum(curve[-4:]) < sum(curve[:4]), name
         assert (runs[name] / "model" / "model.safetensors").is_file()
+        with Image.open(runs[name] / "loss.png") as plot:  # the run's loss curve
+            assert plot.width >= 300 and plot.height >= 200
         assert json.loads((runs[name] / "train_config.json").read_text())["trainer"] == name
     assert (runs["dalle"] / "model" / "tokenizer.json").is_file()
 
@@ -307,3 +309,16 @@ def test_app_subcommand_takes_its_flags():
     args = build_parser().parse_args(["app", "--pipeline", "outputs/demo/models", "--port", "7861"])
     assert args.command == "app" and args.pipeline == "outputs/demo/models" and args.port == 7861
     assert args.host == "127.0.0.1" and not args.share
+
+
+def test_every_help_example_parses():
+    import shlex
+
+    from dalle_core.cli import EXAMPLES, build_parser
+
+    parser = build_parser()
+    for command, lines in EXAMPLES.items():
+        for line in lines:
+            argv = shlex.split(line.split("  #")[0])
+            assert argv[0] == "dalle-core" and argv[1] == command, line
+            assert parser.parse_args(argv[1:]).command == command, line

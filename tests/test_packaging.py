@@ -60,3 +60,24 @@ def test_library_messages_go_through_the_dalle_core_logger_not_print(caplog):
     with caplog.at_level(logging.INFO, logger="dalle_core"):
         main_process_log(None, "resumed from here")
     assert caplog.records[-1].name == "dalle_core" and caplog.records[-1].getMessage() == "resumed from here"
+
+
+def test_the_sdist_holds_the_library_and_not_the_tests(tmp_path):
+    import subprocess
+    import sys
+    import tarfile
+
+    setuptools = __import__("setuptools")
+    major = int(setuptools.__version__.split(".")[0])
+    if major < 77:
+        import pytest
+
+        pytest.skip(f"setuptools {setuptools.__version__} predates licence expressions (>= 77 builds the sdist)")
+    script = f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path)!r}))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    name = done.stdout.strip().splitlines()[-1]
+    with tarfile.open(tmp_path / name) as sdist:
+        tops = {member.split("/")[1] for member in sdist.getnames() if member.count("/") >= 1}
+        assert "dalle_core" in tops and "tests" not in tops and "benchmarks" not in tops
+        assert any(member.endswith("dalle_core/py.typed") for member in sdist.getnames())

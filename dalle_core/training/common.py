@@ -36,12 +36,13 @@ from .callbacks import SAMPLE_IDS_NAME, Callback
 from .checkpointing import CHECKPOINTS_DIR, checkpoint_path, latest_checkpoint, write_checkpoint
 from .config import TrainConfig, config_to_dict, load_config_file
 from .ema import EMA
-from .outputs import MetricsLog, truncate_metrics
+from .outputs import MetricsLog, plot_losses, read_metrics, truncate_metrics
 from .schedules import warmup_cosine_scheduler
 
 __all__ = ["Trainer", "make_optimizer", "NonFiniteError", "clean_stale_temp", "RUN_CONFIG_NAME"]
 
 RUN_CONFIG_NAME = "train_config.json"
+LOSS_PLOT_NAME = "loss.png"  # the run's loss curve, written at the end (train-* --out)
 # our own leftovers of a killed run: atomic-write files (.NAME.HEX.tmp) and checkpoint staging directories
 _TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8,32}\.tmp$")
 _TEMP_CHECKPOINT = re.compile(r"^\.step-\d+\.(tmp-(old-)?[0-9a-f]{8}|accelerate)$")
@@ -441,4 +442,8 @@ class Trainer:
         main_process_log(acc, f"data skipped during the run: {skipped or 'nothing'}; final model in "
                               f"{self.out / 'model'}")
         self.log.close()
+        if self.is_main:  # the loss curve of the whole run (resumed parts included), beside metrics.jsonl
+            losses = [row["loss"] for row in read_metrics(self.out) if "loss" in row]
+            if losses:
+                plot_losses(self.out / LOSS_PLOT_NAME, {f"train-{self.kind} loss": losses})
         acc.wait_for_everyone()
