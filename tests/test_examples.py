@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy
+import pytest
 import torch
 from PIL import Image
 
@@ -151,3 +152,26 @@ def test_load_dalle_pytorch_vae_tokenizer_and_prompt(tmp_path):
 
     proc = run("load_dalle_pytorch.py", "--prompt", "a red fox", "--out", out, ok=False)
     assert proc.returncode != 0 and "--prompt needs --tokenizer" in proc.stderr
+
+
+def test_the_notebooks_are_the_examples_and_run_under_a_kernels_argv(tmp_path, monkeypatch):
+    jupytext = pytest.importorskip("jupytext", reason="needs jupytext (the [test] extra)")
+    import json as _json
+
+    for script in sorted((ROOT / "examples").glob("*.py")):
+        notebook = ROOT / "examples" / "notebooks" / f"{script.stem}.ipynb"
+        assert notebook.is_file(), f"{notebook.name} is missing: regenerate the notebooks (examples/notebooks/README.md)"
+        expected = [c.source for c in jupytext.read(script, fmt="py:percent").cells]
+        cells = _json.loads(notebook.read_text())["cells"]
+        found = ["".join(c["source"]) for c in cells]
+        assert found == expected, f"{notebook.name} is out of date with {script.name}"
+    # run the quickstart notebook's cells in order in one namespace, with the argv a Jupyter kernel has
+    cells = _json.loads((ROOT / "examples" / "notebooks" / "quickstart.ipynb").read_text())["cells"]
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", str(tmp_path / "kernel.json"), "--steps", "2",
+                                      "--out", str(tmp_path)])
+    monkeypatch.chdir(ROOT)
+    namespace: dict = {"__name__": "__main__"}
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), "quickstart.ipynb", "exec"), namespace)  # noqa: S102 - our example
+    assert png(tmp_path / "samples.png") == (512, 384)
