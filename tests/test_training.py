@@ -183,6 +183,20 @@ def test_missing_optional_logger_says_how_to_install_it(tmp_path, folder, monkey
     assert not (tmp_path / "w" / "model").exists()  # refused before training
 
 
+def test_tensorboard_logs_through_accelerates_tracker(tmp_path, folder):
+    pytest.importorskip("tensorboard", reason="needs `pip install tensorboard`")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    train_vae(VAETrainConfig(folder=str(folder), out=str(out), steps=3, batch_size=4, tensorboard=True, **QUIET,
+                             **TINY_VAE))
+    logs = EventAccumulator(str(out / "tensorboard")).Reload()
+    steps = [event.step for event in logs.Scalars("loss")]
+    assert steps == [1, 2, 3]  # every update, as in metrics.jsonl
+    assert [r["loss"] for r in metrics(out) if "loss" in r] == pytest.approx(
+        [event.value for event in logs.Scalars("loss")], rel=1e-6)
+
+
 def make_messy_folder(root: Path) -> Path:
     root = make_folder(root)
     Image.new("RGBA", (20, 16), (255, 0, 0, 128)).save(root / "rgba.png")

@@ -36,7 +36,7 @@ from .callbacks import SAMPLE_IDS_NAME, Callback
 from .checkpointing import CHECKPOINTS_DIR, checkpoint_path, latest_checkpoint, write_checkpoint
 from .config import TrainConfig, config_to_dict, load_config_file
 from .ema import EMA
-from .outputs import MetricsLog, plot_losses, read_metrics, truncate_metrics
+from .outputs import MetricsLog, plot_losses, read_metrics, trackers, truncate_metrics
 from .schedules import warmup_cosine_scheduler
 
 __all__ = ["Trainer", "make_optimizer", "NonFiniteError", "clean_stale_temp", "RUN_CONFIG_NAME"]
@@ -120,7 +120,8 @@ class Trainer:
         GradientState._reset_state()
         self.accelerator = Accelerator(cpu=config.cpu or not _has_accelerator(), step_scheduler_with_optimizer=False,
                                        mixed_precision="bf16" if config.bf16 else "no",
-                                       gradient_accumulation_steps=config.grad_accum)
+                                       gradient_accumulation_steps=config.grad_accum,
+                                       log_with=trackers(config) or None, project_dir=str(self.out))
         self.is_main = self.accelerator.is_main_process
         self.sharded = self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         if self.sharded and config.ema_decay:
@@ -239,7 +240,7 @@ class Trainer:
             if self.checkpoint:  # records written after that checkpoint by the run that stopped
                 truncate_metrics(self.out, step)
                 truncate_metrics(self.out, step, SAMPLE_IDS_NAME)
-        self.log = MetricsLog(self.out, enabled=self.is_main, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
+        self.log = MetricsLog(self.out, enabled=self.is_main, accelerator=acc if trackers(cfg) else None,
                               wandb_project=cfg.wandb_project, config=config_to_dict(cfg))
         usable = len(dataset) if stream.sized else None
         main_process_log(acc, f"data: {usable if usable is not None else 'streamed'} usable samples; "

@@ -20,32 +20,42 @@ __all__ = ["MetricsLog", "truncate_metrics", "read_metrics", "plot_losses", "to_
 METRICS_NAME = "metrics.jsonl"
 
 
-class MetricsLog:
-    """Appends one JSON object per line to out/metrics.jsonl; mirrors scalars to TensorBoard and W&B if asked.
+def trackers(config: Any) -> List[str]:
+    """The Accelerate trackers (`Accelerator(log_with=...)`) a run's config asks for: "tensorboard", "wandb".
+    A missing package raises an ImportError that says how to install it, before anything starts."""
+    names = []
+    if getattr(config, "tensorboard", False):
+        optional_import("tensorboard", "--tensorboard", "pip install tensorboard")
+        names.append("tensorboard")
+    if getattr(config, "wandb", False):
+        optional_import("wandb", "--wandb", "pip install wandb")
+        names.append("wandb")
+    return names
 
-    Neither backend is imported unless asked for; a missing one raises an ImportError that says how to
-    install it. Disabled (everything a no-op) on processes other than the main one.
+
+class MetricsLog:
+    """Appends one JSON object per line to out/metrics.jsonl; mirrors the scalars to the Accelerate trackers the
+    run's `Accelerator` was built with (`log_with`: TensorBoard under out/tensorboard, or out/<W&B project> beside
+    W&B; W&B resuming the same run id after a restart). Disabled (everything a no-op) on processes other than the main one.
     """
 
-    def __init__(self, out: Union[str, Path], *, enabled: bool = True, tensorboard: bool = False,
-                 wandb: bool = False, wandb_project: str = "dalle-core", config: Optional[Dict[str, Any]] = None):
+    def __init__(self, out: Union[str, Path], *, enabled: bool = True, accelerator: Any = None,
+                 wandb_project: str = "dalle-core", config: Optional[Dict[str, Any]] = None):
         self.path = Path(out) / METRICS_NAME
         self.enabled = enabled
-        self._tb = self._wandb = None
-        if not enabled:
+        self._acc = accelerator if enabled else None
+        if self._acc is None:
             return
-        if tensorboard:
-            optional_import("tensorboard", "--tensorboard", "pip install tensorboard")
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(Path(out) / "tensorboard"))
-        if wandb:
-            self._wandb = optional_import("wandb", "--wandb", "pip install wandb")
+        wandb = "wandb" in str(self._acc.log_with).lower()
+        init_kwargs: Dict[str, Any] = {}
+        if wandb:  # one W&B run per output directory: a resumed run continues it
             id_file = Path(out) / "wandb_run_id"
             run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:16]
             id_file.write_text(run_id + "\n")
-            self._wandb.init(project=wandb_project, config=config, dir=str(out), name=Path(out).name, id=run_id,
-                             resume="allow")
+            init_kwargs["wandb"] = {"dir": str(out), "name": Path(out).name, "id": run_id, "resume": "allow"}
+        # the project name is W&B's project, and TensorBoard's folder under out/ (out/tensorboard without W&B)
+        self._acc.init_trackers(wandb_project if wandb else "tensorboard", config=_flat(config or {}),
+                                init_kwargs=init_kwargs)
 
     def log(self, step: int, metrics: Dict[str, Any]) -> None:
         """Write `metrics` for update `step` (numbers; tensors are converted)."""
@@ -55,11 +65,8 @@ class MetricsLog:
         self._append(row)
         scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         scalars.pop("step")
-        if self._tb is not None:
-            for key, value in scalars.items():
-                self._tb.add_scalar(key, value, step)
-        if self._wandb is not None:
-            self._wandb.log(scalars, step=step)
+        if self._acc is not None:
+            self._acc.log(scalars, step=step)
 
     def event(self, step: int, name: str, **data: Any) -> None:
         """Write a non-metric record (data skipped, run start/end) as {"step", "event", ...}."""
@@ -72,11 +79,16 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
 
     def close(self) -> None:
-        """Flush and close the optional backends."""
-        if self._tb is not None:
-            self._tb.close()
-        if self._wandb is not None:
-            self._wandb.finish()
+        """Finish the trackers (flushing TensorBoard's files, closing the W&B run)."""
+        if self._acc is not None:
+            for tracker in self._acc.trackers:
+                tracker.finish()
+            self._acc.trackers.clear()
+
+
+def _flat(config: Dict[str, Any]) -> Dict[str, Any]:
+    """Tracker hyperparameters: numbers, strings and bools as they are, anything else as its JSON text."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str) for k, v in config.items()}
 
 
 def _plain(value: Any) -> Any:
