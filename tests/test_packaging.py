@@ -28,6 +28,8 @@ def test_pyproject_declares_an_spdx_licence_typed_package_and_what_the_code_impo
     deps = " ".join(project["project"]["dependencies"])
     assert "pillow>=9.1" in deps and "numpy" in deps
     assert (REPO / "dalle_core" / "py.typed").is_file()
+    # and in the package this test imports (the installed wheel, when CI runs the suite against it)
+    assert (Path(dalle_core.__file__).parent / "py.typed").is_file()
     assert "py.typed" in project["tool"]["setuptools"]["package-data"]["dalle_core"]
 
 
