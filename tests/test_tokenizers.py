@@ -294,8 +294,10 @@ def test_dropout_is_a_no_op_for_bytes():
 
 def test_missing_youtokentome_raises_importerror_with_install_command(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "youtokentome", None)  # makes `import youtokentome` fail
+    model = tmp_path / "bpe.model"
+    model.write_text("2 0\n97 4\n98 5\n0 1 2 3\n")  # a well-formed model file: 'a', 'b', no merges
     with pytest.raises(ImportError, match=re.escape(YTTM_INSTALL)):
-        YttmTokenizer(tmp_path / "bpe.model")
+        YttmTokenizer(model)  # the file is checked first; then the missing package is named
     with pytest.raises(ImportError, match=re.escape(YTTM_INSTALL)):
         YttmTokenizer.train(["a cat"], 100, tmp_path / "bpe.model")
     assert "pip install --no-build-isolation youtokentome" in YTTM_INSTALL and "cython" in YTTM_INSTALL

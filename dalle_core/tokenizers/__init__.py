@@ -168,10 +168,10 @@ class YttmTokenizer(Tokenizer):
     saved_format = "youtokentome"
 
     def __init__(self, model_path: PathLike) -> None:
-        yttm = _import_yttm()
         path = existing_path(model_path, "youtokentome model")
         data = read_bytes(path, MAX_TOKENIZER_BYTES, what="youtokentome model")
-        check_yttm_model(data, path)
+        check_yttm_model(data, path)  # the file is checked as data first, with or without the package
+        yttm = _import_yttm()
         self._model_bytes = data  # `save` writes these, even if the file changes later
         with tempfile.TemporaryDirectory() as tmp:  # yttm reads the bytes checked above, not the file again
             (Path(tmp) / "model.yttm").write_bytes(data)
