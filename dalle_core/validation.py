@@ -25,7 +25,8 @@ Where = Union[str, PathLike]
 # checked by the constructor itself, on the meta device, before anything is allocated)
 # (models not listed bound their sizes in their own constructors)
 LAYER_KEYS = {"DALLE": ("depth",), "DiscreteVAE": ("num_layers", "num_resnet_blocks"),
-              "CLIP": ("text_enc_depth", "visual_enc_depth")}
+              "CLIP": ("text_enc_depth", "visual_enc_depth"), "DiffusionPrior": ("depth",),
+              "Unet": ("num_resnet_blocks",)}
 
 
 def check_config(name: str, config: Any, n_tensors: int, where: Where) -> None:
