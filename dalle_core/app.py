@@ -3,7 +3,8 @@
 A prompt, the number of images, guidance, temperature, top-k, a seed and reranking; the gallery fills row by
 row while the codes are drawn (`DALLEPipeline.stream`). Inpainting: upload or reuse a generated image, paint
 over the part to redraw, press Generate. `build_app(pipe)` returns the `gr.Blocks` (launch it yourself, or
-mount it in a FastAPI app); `launch(...)` is what the command runs.
+mount it in a FastAPI app); `launch(...)` is what the command runs; `gallery_updates(pipe, ...)` is what its
+Generate button streams, callable without Gradio.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from .pipeline import DALLEPipeline
 from .utils import optional_import
 
-__all__ = ["build_app", "editor_mask", "launch"]
+__all__ = ["build_app", "editor_mask", "gallery_updates", "launch"]
 
 RERANK_CHOICES = ["none", "clip", "likelihood", "both"]
 
@@ -47,27 +48,34 @@ def editor_mask(value: Any, image_size: int) -> Tuple[Optional[torch.Tensor], Op
     return image, painted[None]
 
 
+def gallery_updates(pipe: DALLEPipeline, prompt: str, num_images: float, cond_scale: float, temperature: float,
+                    top_k: float, seed: float, rerank: str, edit: Any) -> Iterator[List[Any]]:
+    """What the Generate button streams into the gallery, from the app's inputs: the PIL images after each row of
+    codes is drawn (`DALLEPipeline.stream`: rows not drawn yet blank white, or the edited image's own), the last
+    being the finished images (with `rerank`, the partial ones are every candidate). A ValueError or TypeError
+    (no prompt, bad settings) is shown to the user by the app."""
+    if not prompt or not prompt.strip():
+        raise ValueError("type a prompt first")
+    options: dict = dict(num_images=int(num_images), cond_scale=float(cond_scale), temperature=float(temperature),
+                         filter_thres=1.0 - float(top_k) / 100.0, seed=int(seed))
+    if rerank != "none":
+        options.update(rerank=rerank, candidates=4)
+    image, mask = editor_mask(edit, pipe.dalle.vae.image_size)
+    if image is not None and mask is not None:
+        options.update(img=image.expand(int(num_images), -1, -1, -1), mask=mask)
+    for _, images in pipe.stream(prompt, **options):
+        yield images
+
+
 def build_app(pipe: DALLEPipeline, *, title: str = "dalle-core") -> Any:
     """The Gradio Blocks app over `pipe`."""
     gr = _gradio()
-    size = pipe.dalle.vae.image_size
     rerank_choices = RERANK_CHOICES if pipe.clip is not None else ["none", "likelihood"]
 
     def generate(prompt: str, num_images: float, cond_scale: float, temperature: float, top_k: float, seed: float,
                  rerank: str, edit: Any) -> Iterator[List[Any]]:
-        if not prompt or not prompt.strip():
-            raise gr.Error("type a prompt first")
-        options: dict = dict(num_images=int(num_images), cond_scale=float(cond_scale),
-                             temperature=float(temperature), filter_thres=1.0 - float(top_k) / 100.0,
-                             seed=int(seed))
-        if rerank != "none":
-            options.update(rerank=rerank, candidates=4)
-        image, mask = editor_mask(edit, size)
-        if image is not None and mask is not None:
-            options.update(img=image.expand(int(num_images), -1, -1, -1), mask=mask)
         try:
-            for _, images in pipe.stream(prompt, **options):
-                yield images
+            yield from gallery_updates(pipe, prompt, num_images, cond_scale, temperature, top_k, seed, rerank, edit)
         except (ValueError, TypeError) as err:
             raise gr.Error(str(err)) from None
 

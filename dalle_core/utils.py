@@ -6,7 +6,7 @@ import logging
 import importlib
 import math
 from collections.abc import Iterable
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import torch
 from torch import Tensor
@@ -48,6 +48,22 @@ def check_text_mask(text_mask: Any, text: "torch.Tensor") -> None:
         raise TypeError(f"text_mask must be a bool tensor (True = real token), got {got}")
     if text_mask.shape != text.shape:
         raise ValueError(f"text_mask must have the text's shape {tuple(text.shape)}, got {tuple(text_mask.shape)}")
+
+
+def stepwise(context: Callable[[], Any], items: Iterator[T]) -> Iterator[T]:
+    """`items` driven one step at a time, each step inside a fresh `context()` (e.g. `torch.inference_mode`).
+
+    Grad and inference modes are per thread: a generator that holds one across its yields leaks it into its
+    caller's code between steps, and loses it when a step is resumed on another thread (a web server's worker
+    pool), where its in-place updates of inference tensors then fail. Entered around each step instead, the
+    mode holds exactly while the generator runs, on whichever thread resumes it."""
+    while True:
+        with context():
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+        yield item
 
 
 def eval_decorator(fn: Callable) -> Callable:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..sampling import DEFAULT_FILTER_THRES
-from ..utils import check_int, check_same_batch, eval_decorator
+from ..utils import check_int, check_same_batch, eval_decorator, stepwise
 
 __all__ = ["DALLEImages"]
 
@@ -106,9 +106,8 @@ class DALLEImages:
         `img`, else blank white), and last (image_fmap_size, what `generate_images` returns with the same
         arguments): with the same seed, the same images (and scores). With `rerank`, the partial images are
         every candidate (B * candidates, each caption's side by side)."""
-        with torch.no_grad():
-            for rows, (images, scores) in self._images_iter(text, stream=True, **kwargs):
-                yield rows, images if scores is None else (images, scores)
+        for rows, (images, scores) in stepwise(torch.no_grad, self._images_iter(text, stream=True, **kwargs)):
+            yield rows, images if scores is None else (images, scores)
 
     def _images_iter(self, text: Tensor, *, clip: Optional[nn.Module] = None, rerank: Optional[str] = None,
                      candidates: int = 1, stream: bool = False, progress: bool = False, **settings: Any

@@ -32,7 +32,7 @@ from torch import Tensor
 from ..ops.linear import pack_weight, prepacked
 from ..sampling import (DEFAULT_FILTER_THRES, check_sampling_args, filtered_probs, guided_logits, sample_logits,
                         with_null_condition)
-from ..utils import autocast_dtype, check_int, check_same_batch, eval_decorator
+from ..utils import autocast_dtype, check_int, check_same_batch, eval_decorator, stepwise
 from .cache import KVCache
 from .speculative import speculative_decode
 
@@ -144,8 +144,13 @@ class DALLESampling:
 
         return step
 
-    def _decode(self, plan: "DecodePlan", *, scales: List[float], negative: Optional[Tensor], use_cache: bool,
-                compile: bool, sample: Callable[[Tensor], Tensor]) -> Iterator[Tuple[int, Tensor]]:
+    def _decode(self, plan: "DecodePlan", **options: Any) -> Iterator[Tuple[int, Tensor]]:
+        """`_decode_steps` with each step in inference mode (lighter than no_grad; the weights cannot change),
+        entered per step so that it neither leaks into the caller nor is lost when a step runs on another thread."""
+        return stepwise(torch.inference_mode, self._decode_steps(plan, **options))
+
+    def _decode_steps(self, plan: "DecodePlan", *, scales: List[float], negative: Optional[Tensor], use_cache: bool,
+                      compile: bool, sample: Callable[[Tensor], Tensor]) -> Iterator[Tuple[int, Tensor]]:
         """Fill the positions of `plan.codes` that `plan.known` leaves free, in raster order; yields (positions
         done, codes (B, image_seq_len)) after each position (a view that keeps filling: clone to keep it).
 
@@ -161,7 +166,7 @@ class DALLESampling:
         text_ids = self._text_ids(text)
         # eager decoding on the CPU: weights prepacked for oneDNN (a compiled step leaves that to the compiler)
         packing = contextlib.nullcontext() if compile else prepacked(self.transformer, rows)
-        with torch.inference_mode(), packing:  # inference mode: lighter than no_grad; the weights cannot change
+        with packing:
             head = None if compile else pack_weight(self.to_logits[1].weight[self.num_text_tokens :], rows)
             cache = None
             if use_cache:

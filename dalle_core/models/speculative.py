@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..ops.linear import pack_weight, prepacked
 from ..sampling import with_null_condition
-from ..utils import check_int
+from ..utils import check_int, stepwise
 
 __all__ = ["speculative_decode", "SpeculativeStats"]
 
@@ -62,7 +62,12 @@ def accept_draft(u: Tensor, p_x: Tensor, q_x: Tensor) -> Tensor:
     return u * q_x < p_x
 
 
-def speculative_decode(model: Any, plan: Any, *, k: int, scales: List[float], negative: Optional[Tensor],
+def speculative_decode(model: Any, plan: Any, **options: Any) -> Iterator[Tuple[int, Tensor]]:
+    """`_speculative_steps` with each step in inference mode (entered per step: see `utils.stepwise`)."""
+    return stepwise(torch.inference_mode, _speculative_steps(model, plan, **options))
+
+
+def _speculative_steps(model: Any, plan: Any, *, k: int, scales: List[float], negative: Optional[Tensor],
                        probs: Callable[[Tensor], Tensor], generator: Optional[torch.Generator]
                        ) -> Iterator[Tuple[int, Tensor]]:
     """Fill the free positions of `plan` (a `DecodePlan`) by speculative Jacobi decoding with windows of `k`
@@ -84,7 +89,7 @@ def speculative_decode(model: Any, plan: Any, *, k: int, scales: List[float], ne
     stats = SpeculativeStats()
     model.__dict__["speculative_stats"] = stats  # a plain attribute: not a submodule, not saved
     num_text = model.num_text_tokens
-    with torch.inference_mode(), prepacked(model.transformer, rows * k):
+    with prepacked(model.transformer, rows * k):
         head = pack_weight(model.to_logits[1].weight[num_text:], rows * k)
         cache = model.make_cache(rows)
         start = first  # the window's first position: the first one some row has not settled
