@@ -1,4 +1,5 @@
-"""The `dalle-core` command: demo, train-vae, train-dalle, train-clip and generate (also `python -m dalle_core`).
+"""The `dalle-core` command: demo, train-vae, train-dalle, train-clip, train-prior, train-decoder, generate and app
+(also `python -m dalle_core`).
 
 Training flags are the fields of the trainers' config dataclasses (`dalle-core train-vae --help` lists them
 with their defaults). Multi-GPU and multi-node runs use the same command under `accelerate launch`:
@@ -21,14 +22,19 @@ from .version import __version__
 
 __all__ = ["main", "build_parser", "choose_tokenizer"]  # choose_tokenizer: from cli_generate, as before
 
-TRAINERS = {
-    "train-vae": ("VAETrainer", "train an image tokenizer (stage 1): --kind dvae, vq, fsq, lfq or vqgan"),
-    "train-dalle": ("DALLETrainer", "train the DALLE transformer on a trained dVAE's codes (stage 2)"),
-    "train-clip": ("CLIPTrainer", "train the CLIP reranker"),
+TRAINERS = {  # command: (module, trainer class, help)
+    "train-vae": ("training", "VAETrainer", "train an image tokenizer (stage 1): --kind dvae, vq, fsq, lfq or vqgan"),
+    "train-dalle": ("training", "DALLETrainer", "train the DALLE transformer on a trained dVAE's codes (stage 2)"),
+    "train-clip": ("training", "CLIPTrainer", "train the CLIP reranker"),
+    "train-prior": ("dalle2.training", "PriorTrainer",
+                    "train DALL-E 2's diffusion prior (caption -> CLIP image embedding) over a trained CLIP"),
+    "train-decoder": ("dalle2.training", "DecoderTrainer",
+                      "train DALL-E 2's diffusion decoder (CLIP image embedding -> image) over a trained CLIP"),
 }
 
 
-DEMO_HELP = "train dVAE, DALLE and CLIP on the built-in shapes data and score them"
+DEMO_HELP = ("train dVAE, DALLE and CLIP (or, with --model dalle2, CLIP, prior and decoder) on the built-in shapes "
+             "data and score them")
 
 EXAMPLES = {  # shown at the end of each subcommand's --help
     "train-vae": ["dalle-core train-vae --folder data/ --out runs/vae --steps 2000",
@@ -37,8 +43,12 @@ EXAMPLES = {  # shown at the end of each subcommand's --help
     "train-dalle": ["dalle-core train-dalle --folder data/ --vae runs/vae/model --out runs/dalle --steps 5000",
                     "dalle-core train-dalle --out runs/dalle --resume --steps 8000"],
     "train-clip": ["dalle-core train-clip --folder data/ --out runs/clip --steps 2000"],
+    "train-prior": ["dalle-core train-prior --folder data/ --clip runs/clip/model --out runs/prior --steps 2000"],
+    "train-decoder": ["dalle-core train-decoder --folder data/ --clip runs/clip/model --out runs/decoder "
+                      "--dim 64 --steps 4000"],
     "demo": ["dalle-core demo", "dalle-core demo --quick --out /tmp/demo",
-             "dalle-core demo --tokenizer vq --steps-scale 2"],
+             "dalle-core demo --tokenizer vq --steps-scale 2",
+             "dalle-core demo --model dalle2 --clip outputs/demo/models/clip   # DALL-E 2 over the demo's CLIP"],
     "generate": ['dalle-core generate "a red circle" --pipeline outputs/demo/models --num-images 8 --seed 0',
                  'dalle-core generate "a red circle" --checkpoint runs/dalle/model --clip runs/clip/model '
                  '--cond-scale 1.5',
@@ -53,9 +63,10 @@ def _epilog(command: str) -> str:
 
 
 def _trainer_class(command: str) -> type:
-    from . import training  # imported when needed: `generate` and --help do not pay for accelerate
+    import importlib  # the trainers are imported when needed: `generate` and --help do not pay for accelerate
 
-    return getattr(training, TRAINERS[command][0])
+    module, name, _ = TRAINERS[command]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 def _command_in(argv: Sequence[str]) -> Optional[str]:
@@ -86,7 +97,7 @@ def build_parser(command: Optional[str] = "all") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dalle-core", description="Train DALL-E models and generate images.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in TRAINERS.items():
+    for name, (_, _, help_text) in TRAINERS.items():
         p = sub.add_parser(name, help=help_text, description=f"{help_text[0].upper()}{help_text[1:]}. Data: "
                            "--folder DIR or --shards PATTERN. Run it under `accelerate launch` for several GPUs.",
                            epilog=_epilog(name), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,7 +164,13 @@ def _app(args: argparse.Namespace) -> int:
 def _demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .demo import runner as demo
 
-    demo.run_from_args(demo.check_arguments(parser, args))
+    args = demo.check_arguments(parser, args)
+    if args.model == "dalle2":
+        from .dalle2 import demo as dalle2_demo
+
+        dalle2_demo.run_from_args(args)
+    else:
+        demo.run_from_args(args)
     return 0
 
 

@@ -2,6 +2,7 @@
 choice, bad input, save/load round trips, and the trainers over a frozen CLIP."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from dalle_core.dalle2 import DALLE2, Decoder, DiffusionPrior, NoiseSchedule, Un
 from dalle_core.dalle2.diffusion import OBJECTIVES, cosine_alphas_cumprod
 from dalle_core.dalle2.training import DecoderTrainConfig, PriorTrainConfig, train_decoder, train_prior
 from dalle_core.tokenizers import WordTokenizer, save_tokenizer
-from helpers import Stop, StopAt, one_thread, same_weights  # noqa: F401  (one_thread: an autouse fixture)
+from helpers import Stop, StopAt, make_folder, one_thread, run_cli, same_weights  # noqa: F401  (one_thread: an autouse fixture)
 
 WORDS = ["a", "red", "green", "blue", "circle", "square", "on", "the", "left", "right"]
 VOCAB, TEXT_LEN, LATENT, SIZE = len(WORDS) + 2, 5, 16, 16  # a WordTokenizer's ids: padding, <unk>, the words
@@ -241,8 +242,6 @@ def test_save_and_load_round_trips(tmp_path):
 
 def test_hostile_configs_are_refused_before_building(tmp_path):
     """A config asking for a trillion noise levels (tables of terabytes) is refused, not built."""
-    import json
-
     import safetensors
     from safetensors.torch import save_file
 
@@ -345,3 +344,43 @@ def test_trainers_need_a_clip(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         train_decoder(DecoderTrainConfig(clip=str(tmp_path / "none"), out=str(tmp_path / "d"), **small()),
                       dataset=pairs())
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+
+
+def test_train_prior_and_train_decoder_commands(tmp_path, clip_dir):
+    folder = make_folder(tmp_path / "data")  # 16x16 captioned pictures, the tiny CLIP's size
+    common = ["--folder", str(folder), "--clip", str(clip_dir), "--steps", "2", "--batch-size", "4", "--cpu",
+              "--sample-every", "0", "--log-every", "1", "--timesteps", "50"]
+    done = run_cli(["train-prior", *common, "--out", str(tmp_path / "prior"), "--dim", "32", "--depth", "1",
+                    "--heads", "2", "--dim-head", "16", "--sample-steps", "4"])
+    assert done.returncode == 0, done.stderr
+    done = run_cli(["train-decoder", *common, "--out", str(tmp_path / "dec"), "--dim", "8", "--dim-mults", "1", "2",
+                    "--groups", "4", "--attn-dim-head", "8", "--sample-steps", "4"])
+    assert done.returncode == 0, done.stderr
+    model = DALLE2(prior=DiffusionPrior.from_pretrained(tmp_path / "prior" / "model"),
+                   decoder=Decoder.from_pretrained(tmp_path / "dec" / "model"), clip=CLIP.from_pretrained(clip_dir))
+    assert model(torch.randint(1, VOCAB, (1, TEXT_LEN))).shape == (1, 3, SIZE, SIZE)
+    failed = run_cli(["train-decoder", "--folder", str(folder), "--out", str(tmp_path / "d2"), "--steps", "1"])
+    assert failed.returncode == 1 and "--clip" in failed.stderr
+
+
+def test_demo_with_dalle2_runs_and_saves_a_loadable_model(tmp_path):
+    out = tmp_path / "demo"
+    done = run_cli(["demo", "--model", "dalle2", "--quick", "--out", str(out), "--threads", "1"])
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "dalle2" and set(summary["results"]) == {"seen", "heldout"}
+    assert set(summary["results"]["seen"]) == {"plain", "guided"} and 0 < summary["distinct_samples"] <= 1
+    assert summary["sampling_seconds_per_image"] > 0 and summary["seconds"]["decoder"] > 0
+    for name in ("generations_seen.png", "generations_heldout.png", "variations.png", "losses.png"):
+        assert (out / name).is_file()
+    model = DALLE2.from_pretrained(out / "models" / "dalle2")
+    assert model("a red circle on the left", generator=torch.Generator().manual_seed(0)).shape == (1, 3, 32, 32)
+    again = run_cli(["demo", "--model", "dalle2", "--quick", "--clip", str(out / "runs" / "clip" / "model"),
+                     "--out", str(tmp_path / "again"), "--threads", "1"])  # over a CLIP trained before
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["clip"].endswith("model")
+    refused = run_cli(["demo", "--clip", str(out / "runs" / "clip" / "model"), "--quick", "--out", str(tmp_path / "x")])
+    assert refused.returncode == 2 and "--clip is for --model dalle2" in refused.stderr

@@ -138,7 +138,7 @@ _UNET_KEYS = tuple(inspect.signature(Unet.__init__).parameters)[1:]  # the rest 
 
 
 @dataclass
-@model_options(Decoder, defaults=dict(image_size=32))
+@model_options(Decoder, skip=("image_size",))
 @model_options(Unet, skip=("cond_dim", "channels"), defaults=dict(dim=32, dim_mults=(1, 2, 2), attn_levels=0))
 class DecoderTrainConfig(TrainConfig):
     """Decoder training: Unet's and Decoder's keywords (the image size and the embedding size are the CLIP's) and
@@ -155,7 +155,7 @@ class DecoderTrainConfig(TrainConfig):
         return {k: v for k, v in self.model_kwargs().items() if k in _UNET_KEYS}
 
     def decoder_kwargs(self) -> Dict[str, Any]:
-        return {k: v for k, v in self.model_kwargs().items() if k not in _UNET_KEYS and k != "image_size"}
+        return {k: v for k, v in self.model_kwargs().items() if k not in _UNET_KEYS}
 
     def validate(self) -> None:
         super().validate()

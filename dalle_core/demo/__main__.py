@@ -1,5 +1,7 @@
-"""`python -m dalle_core.demo`: the same as `dalle-core demo`."""
-from .runner import main
+"""`python -m dalle_core.demo`: the same as `dalle-core demo` (either model)."""
+import sys
+
+from ..cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["demo", *sys.argv[1:]]))

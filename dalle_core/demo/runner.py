@@ -383,6 +383,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=32, help="image side, a power of two >= 32 (default 32)")
     p.add_argument("--tokenizer", choices=list(TOKENIZER_NAMES), default="dvae",
                    help="the image tokenizer to train (train-vae --kind): dvae (default), vq, fsq, lfq or vqgan")
+    p.add_argument("--model", choices=("dalle", "dalle2"), default="dalle",
+                   help="dalle (default): dVAE + DALLE + CLIP; dalle2: CLIP + diffusion prior + diffusion decoder "
+                        "(DALL-E 2, `dalle_core.dalle2`; default --out outputs/demo-dalle2)")
+    p.add_argument("--clip", type=Path, default=None,
+                   help="--model dalle2 only: a CLIP already trained on this data (a train-clip model folder with "
+                        "its tokenizer, e.g. a DALL-E demo's OUT/models/clip) instead of training one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 
@@ -395,6 +401,11 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> arg
         p.error(f"--steps-scale must be > 0, got {args.steps_scale}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
+    model = getattr(args, "model", "dalle")
+    if model != "dalle2" and getattr(args, "clip", None) is not None:
+        p.error("--clip is for --model dalle2 (the DALL-E demo trains its own CLIP)")
+    if model == "dalle2" and getattr(args, "tokenizer", "dvae") != "dvae":
+        p.error("--tokenizer picks the DALL-E demo's image tokenizer; DALL-E 2 (--model dalle2) has none")
     return args
 
 
