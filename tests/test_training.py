@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pytest
 import torch
@@ -195,6 +195,50 @@ def test_tensorboard_logs_through_accelerates_tracker(tmp_path, folder):
     assert steps == [1, 2, 3]  # every update, as in metrics.jsonl
     assert [r["loss"] for r in metrics(out) if "loss" in r] == pytest.approx(
         [event.value for event in logs.Scalars("loss")], rel=1e-6)
+
+
+def wandb_history(run_file: Path) -> List[Dict[str, Any]]:
+    """The history rows (logged scalars) of an offline W&B run file: a LevelDB-style log (7-byte ':W&B' header,
+    32 KiB blocks of records with a 7-byte header: crc, length, type 1 full / 2 first / 3 middle / 4 last)
+    of `wandb_internal_pb2.Record` protobufs."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, rows, pos, pending = run_file.read_bytes(), [], 7, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:  # the block's tail is padding
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})
+    return rows
+
+
+def test_wandb_logs_through_accelerates_tracker_offline(tmp_path, folder, monkeypatch):
+    pytest.importorskip("wandb", reason="needs `pip install wandb`")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network: the run is written to disk for a later `wandb sync`
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "wb"
+    train_vae(VAETrainConfig(folder=str(folder), out=str(out), steps=3, batch_size=4, wandb=True,
+                             wandb_project="dalle-core-test", **QUIET, **TINY_VAE))
+    runs = list(out.glob("**/offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    logged = [row for row in wandb_history(runs[0]) if "loss" in row]
+    assert [row["_step"] for row in logged] == [1, 2, 3]  # every update, as in metrics.jsonl
+    assert [r["loss"] for r in metrics(out) if "loss" in r] == pytest.approx([row["loss"] for row in logged],
+                                                                              rel=1e-6)
 
 
 def make_messy_folder(root: Path) -> Path:
