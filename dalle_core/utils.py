@@ -56,14 +56,21 @@ def stepwise(context: Callable[[], Any], items: Iterator[T]) -> Iterator[T]:
     Grad and inference modes are per thread: a generator that holds one across its yields leaks it into its
     caller's code between steps, and loses it when a step is resumed on another thread (a web server's worker
     pool), where its in-place updates of inference tensors then fail. Entered around each step instead, the
-    mode holds exactly while the generator runs, on whichever thread resumes it."""
-    while True:
-        with context():
-            try:
-                item = next(items)
-            except StopIteration:
-                return
-        yield item
+    mode holds exactly while the generator runs, on whichever thread resumes it. Closing this generator (a consumer
+    that stops early) closes `items` at once, inside `context()`, so its own cleanup runs then."""
+    try:
+        while True:
+            with context():
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+            yield item
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            with context():
+                close()
 
 
 def eval_decorator(fn: Callable) -> Callable:

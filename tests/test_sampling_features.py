@@ -429,3 +429,27 @@ def test_speculative_needs_fewer_passes_on_a_peaked_model_and_refuses_compile():
         dalle.generate_image_codes(text, speculative=4, compile=True, use_cache=True)
     with pytest.raises((ValueError, TypeError), match="speculative"):
         dalle.generate_image_codes(text, speculative=0)
+
+
+def test_stepwise_holds_the_mode_only_inside_steps_and_closes_early():
+    """`utils.stepwise`, which every decoding loop runs through: the mode holds while the generator runs and not
+    between its steps; a consumer that stops early closes it at once, its cleanup inside the mode."""
+    from dalle_core.utils import stepwise
+
+    seen = []
+
+    def steps():
+        try:
+            for i in range(3):
+                seen.append(("step", i, torch.is_inference_mode_enabled()))
+                yield i
+        finally:
+            seen.append(("cleanup", torch.is_inference_mode_enabled()))
+
+    outer = stepwise(torch.inference_mode, steps())
+    assert next(outer) == 0 and not torch.is_inference_mode_enabled()
+    outer.close()
+    assert seen == [("step", 0, True), ("cleanup", True)]
+    seen.clear()
+    assert list(stepwise(torch.inference_mode, steps())) == [0, 1, 2]
+    assert seen[-1] == ("cleanup", True) and all(s[2] for s in seen[:-1])

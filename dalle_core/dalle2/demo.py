@@ -103,13 +103,7 @@ def run(cfg: DALLE2DemoConfig, out: Path, clip_dir: Optional[Path] = None) -> Di
     """Train (or read the CLIP), generate, score and write every file; returns the summary."""
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    times: Dict[str, float] = {}
-    start = tick = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal tick
-        times[name] = round(time.perf_counter() - tick, 1)
-        tick = time.perf_counter()
+    lap = runner.Laps()
 
     runs = out / "runs"
     for kind in ("clip", "prior", "decoder"):
@@ -186,7 +180,7 @@ def run(cfg: DALLE2DemoConfig, out: Path, clip_dir: Optional[Path] = None) -> Di
     measured = {f"{s}/{k}/colour_and_shape": results[s][k]["colour_and_shape"] for s in results for k in results[s]}
     summary = {
         "model": "dalle2", "config": asdict(cfg), "clip": str(clip_dir),
-        "seconds": {**times, "total": round(time.perf_counter() - start, 1)},
+        "seconds": lap.summary(),
         "threads": torch.get_num_threads(),
         "sampling_seconds_per_image": sampling_seconds / max(1, sampled),  # plain setting, batches of 100
         "prior": {"final_loss": sum(curves["prior"][-50:]) / len(curves["prior"][-50:])},

@@ -255,19 +255,28 @@ def save_grid(path: Path, columns: Sequence[str], rows: Sequence[tuple], cell: i
 
 # --- the run -------------------------------------------------------------------------------------------------------
 
+class Laps:
+    """Seconds of each named phase of a run (`lap("vae")` ends the phase begun by the last call), and the total."""
+
+    def __init__(self) -> None:
+        self.times: Dict[str, float] = {}
+        self.start = self.tick = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name], self.tick = round(now - self.tick, 1), now
+
+    def summary(self) -> Dict[str, float]:
+        return {**self.times, "total": round(time.perf_counter() - self.start, 1)}
+
+
 def run(cfg: DemoConfig, out: Path) -> dict:
     """Train, generate, score and write every file; returns the summary."""
     torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = shapes.word_tokenizer()  # a token per word: 10 tokens for the longest caption instead of 50 bytes
     text_len = shapes.caption_length_bound(relations=False, tokenizer=tokenizer)
-    times: Dict[str, float] = {}
-    start = tick = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal tick
-        times[name] = round(time.perf_counter() - tick, 1)
-        tick = time.perf_counter()
+    lap = Laps()
 
     captions, images = render_set(cfg.train_images, "train", cfg.seed, cfg.image_size)
     text = tokenizer.tokenize(captions, text_len)  # (N, text_len)
@@ -339,7 +348,7 @@ def run(cfg: DemoConfig, out: Path) -> dict:
     vae_curve = curves[TOKENIZER_NAMES[cfg.tokenizer]]
     summary = {
         "config": asdict(cfg),
-        "seconds": {**times, "total": round(time.perf_counter() - start, 1)},
+        "seconds": lap.summary(),
         "threads": torch.get_num_threads(),
         "vae": {"codebook_usage": usage.usage, "perplexity": usage.perplexity, "num_tokens": vae.num_tokens,
                 "kind": cfg.tokenizer, "final_loss": sum(vae_curve[-50:]) / len(vae_curve[-50:]),
