@@ -384,3 +384,11 @@ def test_demo_with_dalle2_runs_and_saves_a_loadable_model(tmp_path):
     assert json.loads((tmp_path / "again" / "summary.json").read_text())["clip"].endswith("model")
     refused = run_cli(["demo", "--clip", str(out / "runs" / "clip" / "model"), "--quick", "--out", str(tmp_path / "x")])
     assert refused.returncode == 2 and "--clip is for --model dalle2" in refused.stderr
+
+
+def test_the_hub_model_card_loads_a_dalle2_from_the_top_level_package():
+    from dalle_core.hub import model_card
+
+    card = model_card(dalle2(), "someone/shapes-dalle2")
+    assert "from dalle_core import DALLE2" in card and 'DALLE2.from_pretrained("someone/shapes-dalle2")' in card
+    exec("from dalle_core import DALLE2", {})  # noqa: S102 - the card's own import line
