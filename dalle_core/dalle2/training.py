@@ -52,7 +52,7 @@ class _OverCLIP(Trainer):
 
     def __init__(self, config: Any, **kwargs: Any):
         super().__init__(config, **kwargs)
-        self.clip = load_clip(config.clip)
+        self.clip = load_clip(config.clip).to(self.accelerator.device)
         saved = find_tokenizer(self.checkpoint / "model") if self.checkpoint else None
         path = saved or config.tokenizer or find_tokenizer(Path(config.clip))
         self.tokenizer = load_tokenizer(str(path) if path else None)
@@ -72,7 +72,6 @@ class _OverCLIP(Trainer):
     @torch.no_grad()
     def embeddings(self, batch: Batch) -> Tuple[Tensor, Tensor, Tensor]:
         """(caption ids, CLIP text embeddings, CLIP image embeddings) of a batch, on the batch's device."""
-        self.clip.to(batch.images.device)
         text = batch.text
         return text, self.clip.embed_text(text, text != 0), self.clip.embed_image(batch.images)
 
@@ -188,7 +187,7 @@ class DecoderTrainer(_OverCLIP):
         device = self.accelerator.device
         real = fixed.images.to(device)
         gen = torch.Generator(device=device).manual_seed(self.config.seed)
-        drawn = model.sample(self.clip.to(device).embed_image(real), steps=self.config.sample_steps_grid,
+        drawn = model.sample(self.clip.embed_image(real), steps=self.config.sample_steps_grid,
                              generator=gen)
         save_image_grid(torch.cat([real.float(), drawn.float()]), self.out / "samples" / f"step-{step:08d}.png",
                         nrow=len(real))
