@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +180,6 @@ def test_the_app_generates_in_a_real_browser(tmp_path):
         box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
         box.send_keys("a red circle on the left" if source else "a red circle")
         driver.find_element(By.ID, "generate").click()
-        started = time.monotonic()
         partial = wait.until(shown)  # the stream is held after row 1: this is the gallery of that update
         assert not finished.is_set() and sorted(sent) == [1] and len(sent[1]) == 4
         band = size // fmap
@@ -189,7 +187,7 @@ def test_the_app_generates_in_a_real_browser(tmp_path):
         assert close_to(partial, sent[1]), "the browser shows the images of the first row's update"
         release.set()
         final = wait.until(lambda d: finished.is_set() and (rows := shown(d)) and close_to(rows, sent[fmap]) and rows)
-        assert sorted(sent) == list(range(1, fmap + 1)) and time.monotonic() - started < 120
+        assert sorted(sent) == list(range(1, fmap + 1))
         if not source:  # the tiny pipeline's untrained images are grey: the finished rows are not blank any more
             assert all(b[band:].min() < 200 for b in final)
         images = driver.find_elements(By.CSS_SELECTOR, "#gallery img")
