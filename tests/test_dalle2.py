@@ -281,8 +281,6 @@ def test_bad_input_is_refused_with_what_was_expected():
         tiny_prior(sample_steps=500)
     with pytest.raises(ValueError, match="timesteps must be at most"):
         NoiseSchedule(10**9)
-    with pytest.raises(ValueError, match="timestep indices"):
-        NoiseSchedule(10).check_t(torch.tensor([10]))
     with pytest.raises(ValueError, match="groups"):
         Unet(dim=6, groups=4)
     with pytest.raises(ValueError, match="dim_embed.*dim_latent"):

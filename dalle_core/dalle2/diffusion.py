@@ -65,14 +65,6 @@ class NoiseSchedule(nn.Module):
         """table[t] (B,) shaped to broadcast against `like` (B, ...)."""
         return table.to(like.dtype)[t].reshape(-1, *([1] * (like.ndim - 1)))
 
-    def check_t(self, t: Tensor) -> Tensor:
-        if not isinstance(t, Tensor) or t.ndim != 1 or t.dtype != torch.long:
-            raise ValueError(f"t must be a (batch,) long tensor of timestep indices, got "
-                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.timesteps):
-            raise ValueError(f"timestep indices must lie in [0, {self.timesteps}), got [{int(t.min())}, {int(t.max())}]")
-        return t
-
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
         abar = self._at(self.alphas_cumprod, t, x0)
