@@ -241,20 +241,28 @@ def worker(args: argparse.Namespace) -> None:
                 "best": u8(best), "prompt_labels": prompt_labels, "recons": u8(recons),
                 "usage": float((counts > 0).float().mean()), "perplexity": perplexity, "times": times,
                 "dalle_loss_last100": sum(dalle_losses[-100:]) / 100}, args.out)
+    if args.keep_models:  # for sampling experiments on the trained models (`real_data_sampling.py`)
+        torch.save({"recipe": recipe, "vae": vae.state_dict(), "dalle": dalle.state_dict(),
+                    "clip": clip.state_dict()}, models_path(Path(args.out)))
 
 
 # --- the driver ------------------------------------------------------------------------------------------------
 
 
+def models_path(run_file: Path) -> Path:
+    """Where `--keep-models` saves a run's trained weights: beside its samples."""
+    return run_file.with_name(run_file.stem + "-models.pt")
+
+
 def run_one(python: str, lib: str, recipe: str, seed: int, data_path: Path, out: Path, prompts: int,
-            steps_scale: float, override: str = "") -> Path:
+            steps_scale: float, override: str = "", keep_models: bool = False) -> Path:
     """One worker process; returns its output file (reused when it exists)."""
     target = out / f"{lib}-{recipe}-seed{seed}.pt"
     if target.exists():
         return target
     cmd = [python, os.path.abspath(__file__), "--worker", "--lib", lib, "--recipe", recipe, "--seed", str(seed),
            "--data", str(data_path), "--prompts", str(prompts), "--run-out", str(target),
-           "--steps-scale", str(steps_scale), "--override", override]
+           "--steps-scale", str(steps_scale), "--override", override] + (["--keep-models"] * keep_models)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -313,6 +321,8 @@ def main() -> None:
     parser.add_argument("--judge", type=Path, help="a judge.pt saved by an earlier run (default: --out/judge.pt)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes at once (one thread each)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/real_data"))
+    parser.add_argument("--keep-models", action="store_true",
+                        help="also save each run's trained weights (`RUN-models.pt`, state dicts and the recipe)")
     # worker mode
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--lib", help=argparse.SUPPRESS)
@@ -345,7 +355,7 @@ def main() -> None:
     jobs = [(lib, recipe, seed) for recipe in args.recipes for seed in args.seeds for lib in args.libs]
     with ThreadPoolExecutor(args.jobs) as pool:
         files = list(pool.map(lambda j: run_one(pythons[j[0]], *j, data_path, args.out, args.prompts,
-                                                      args.steps_scale, args.override), jobs))
+                                                      args.steps_scale, args.override, args.keep_models), jobs))
     rows = []
     for (lib, recipe, seed), path in zip(jobs, files):
         result = torch.load(path, weights_only=True)

@@ -66,6 +66,8 @@ def add_generate_parser(sub: Any, epilog: str) -> argparse.ArgumentParser:
     g.add_argument("--negative", help="a caption to guide away from (needs --cond-scale other than 1)")
     g.add_argument("--cfg-interval", type=float, nargs=2, metavar=("START", "END"),
                    help="guide only this fraction of the image positions, e.g. 0 0.5")
+    g.add_argument("--guidance-space", choices=("probs", "logits"), default="probs",  # sampling.GUIDANCE_SPACES
+                   help="combine the guided branches' probabilities (default) or their logits (DALLE-pytorch's way)")
     g.add_argument("--speculative", type=int, metavar="K", help="speculative decoding: K drafted codes per "
                                                                 "forward pass (the same distribution)")
     g.add_argument("--refine-steps", type=int, default=0, help="CLIP-guided refinement steps after sampling "
@@ -268,6 +270,7 @@ def _generate(args: argparse.Namespace) -> int:
                     mask=mask, num_init_img_tokens=args.num_init_img_tokens, use_cache=not args.no_cache,
                     compile=args.compile, generator=generator, negative_text=negative,
                     cfg_interval=None if args.cfg_interval is None else tuple(args.cfg_interval),
+                    guidance_space=args.guidance_space,
                     speculative=args.speculative)
                 if args.rerank is not None:
                     settings.update(rerank=args.rerank, candidates=args.candidates,

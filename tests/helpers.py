@@ -127,6 +127,15 @@ TINY_CLIP = dict(dim_text=32, dim_image=32, dim_latent=32, text_enc_depth=1, vis
 QUIET = dict(warmup_steps=0, log_every=1, sample_every=0, save_every=1000)
 
 
+def guidance_definition(cond: torch.Tensor, null: torch.Tensor, scale: Any, space: str = "probs") -> torch.Tensor:
+    """Classifier-free guidance by its definition: extrapolated logits, or extrapolated probabilities (clamped at
+    0, as logs)."""
+    if space == "logits":
+        return null + scale * (cond - null)
+    p_cond, p_null = cond.softmax(-1), null.softmax(-1)
+    return torch.log(torch.clamp(p_cond + (scale - 1) * (p_cond - p_null), min=0))
+
+
 def make_folder(root: Path) -> Path:
     """12 captioned 16x16 pictures: a coloured half on grey, captioned '<colour> <side>'."""
     root.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,17 @@ def test_python_m_dalle_core_lists_the_commands():
     assert all(cmd in done.stdout for cmd in ("train-vae", "train-dalle", "train-clip", "generate"))
 
 
+def test_guidance_space_flag_offers_the_sampling_modules_spaces_and_default():
+    import argparse
+
+    from dalle_core import cli_generate
+    from dalle_core.sampling import DEFAULT_GUIDANCE_SPACE, GUIDANCE_SPACES
+
+    parser = cli_generate.add_generate_parser(argparse.ArgumentParser().add_subparsers(), "")
+    action = next(a for a in parser._actions if a.dest == "guidance_space")
+    assert tuple(action.choices) == GUIDANCE_SPACES and action.default == DEFAULT_GUIDANCE_SPACE
+
+
 def test_each_training_command_lowers_its_loss_and_writes_its_model(runs):
     for name in ("vae", "dalle", "clip"):
         curve = losses(runs[name])
@@ -97,6 +108,7 @@ def test_generate_with_a_seed_repeats_itself_and_passes_priming_guidance_and_top
     kwargs = calls[0]
     assert kwargs["top_p"] == 0.9 and kwargs["filter_thres"] is None  # top-p alone unless both are given
     assert kwargs["cond_scale"] == 2.0 and kwargs["num_init_img_tokens"] == 8 and kwargs["use_cache"]
+    assert kwargs["guidance_space"] == "probs"  # the library's default unless --guidance-space says otherwise
     expected = load_image(primer, 16, resize_ratio=1.0)
     assert kwargs["img"].shape == (2, 3, 16, 16) and torch.equal(kwargs["img"][1], expected)
 
@@ -237,15 +249,17 @@ def test_generate_inpaints_under_a_mask_png_and_streams_the_rows(runs, tmp_path,
     assert len(list((out / "000-red-top").glob("0*.png"))) == 2
 
 
-def test_generate_passes_rerank_negative_cfg_interval_and_speculative(runs, tmp_path, monkeypatch):
+def test_generate_passes_rerank_negative_cfg_interval_guidance_space_and_speculative(runs, tmp_path, monkeypatch):
     calls = _spy(monkeypatch, "generate_images")
     out = tmp_path / "options"
     assert main(["generate", "green bottom", *flags(
         checkpoint=runs["dalle"] / "model", num_images=2, batch_size=2, seed=1, out=out, rerank="likelihood",
-        candidates=3, negative="red top", cond_scale=2.0, cfg_interval=(0.0, 0.5), speculative=4)]) == 0
+        candidates=3, negative="red top", cond_scale=2.0, cfg_interval=(0.0, 0.5), speculative=4,
+        guidance_space="logits")]) == 0
     kwargs = calls[0]
     assert kwargs["rerank"] == "likelihood" and kwargs["candidates"] == 3 and kwargs["speculative"] == 4
     assert kwargs["cfg_interval"] == (0.0, 0.5) and kwargs["negative_text"].shape[0] == 1
+    assert kwargs["guidance_space"] == "logits"
     info = json.loads((out / "000-green-bottom" / "prompt.json").read_text())
     assert info["rerank"] == "likelihood" and len(info["rerank_scores"]) == 2
     assert all(s < 0 for s in info["rerank_scores"])  # mean log-likelihood per code

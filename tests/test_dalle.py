@@ -9,7 +9,7 @@ import torch
 
 import dalle_core.models.dalle_sampling as dalle_module
 from dalle_core import DALLE, KVCache
-from helpers import ATTN_CASES, TEXT_LEN, VOCAB, captions, codes_for, make_dalle, make_vae
+from helpers import ATTN_CASES, TEXT_LEN, VOCAB, captions, codes_for, guidance_definition, make_dalle, make_vae
 
 # --- the key/value cache ---------------------------------------------------------------------------------
 
@@ -107,30 +107,37 @@ def _record_sampler(monkeypatch) -> list:
     return calls
 
 
+@pytest.mark.parametrize("space", ["probs", "logits"])
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_guidance_equals_null_plus_scale_times_difference_at_every_step(monkeypatch, use_cache):
+def test_guidance_is_its_definition_at_every_step(monkeypatch, use_cache, space):
     dalle = make_dalle(ATTN_CASES["mix"])
     text = captions()
     calls = _record_sampler(monkeypatch)
-    codes = dalle.generate_image_codes(text, cond_scale=3.0, use_cache=use_cache)
+    options = {} if space == "probs" else {"guidance_space": space}  # "probs" is the default
+    codes = dalle.generate_image_codes(text, cond_scale=3.0, use_cache=use_cache, **options)
     assert len(calls) == 16
     with torch.no_grad():
         for pos, (guided, _, _) in enumerate(calls):
             prefix = codes[:, :pos]
             cond = dalle(text, prefix)[:, -1, dalle.num_text_tokens:]
             null = dalle(torch.zeros_like(text), prefix)[:, -1, dalle.num_text_tokens:]
-            torch.testing.assert_close(guided, null + 3.0 * (cond - null), atol=1e-4, rtol=0)
+            torch.testing.assert_close(guided, guidance_definition(cond, null, 3.0, space), atol=1e-4, rtol=0)
 
 
-def test_forward_with_cond_scale_is_the_guidance_formula():
+@pytest.mark.parametrize("space", ["probs", "logits"])
+def test_forward_with_cond_scale_is_the_guidance_formula(space):
     dalle = make_dalle()
     text, codes = captions(), codes_for()
-    with torch.no_grad():
-        guided = dalle.forward_with_cond_scale(text, codes, cond_scale=2.5)
-        cond, null = dalle(text, codes), dalle(torch.zeros_like(text), codes)
     image_part = slice(TEXT_LEN, None), slice(dalle.num_text_tokens, None)
-    torch.testing.assert_close(guided[:, image_part[0], image_part[1]],
-                               (null + 2.5 * (cond - null))[:, image_part[0], image_part[1]], atol=1e-4, rtol=0)
+    with torch.no_grad():
+        guided = dalle.forward_with_cond_scale(text, codes, cond_scale=2.5, guidance_space=space)
+        cond, null = dalle(text, codes)[:, image_part[0], image_part[1]], dalle(torch.zeros_like(text), codes)
+    expected = guidance_definition(cond, null[:, image_part[0], image_part[1]], 2.5, space)
+    torch.testing.assert_close(guided[:, image_part[0], image_part[1]], expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="guidance_space must be one of 'probs', 'logits'"):
+        dalle.forward_with_cond_scale(text, codes, cond_scale=2.5, guidance_space="log")
+    with pytest.raises(ValueError, match="guidance_space must be one of"):
+        dalle.generate_image_codes(text, cond_scale=2.0, guidance_space="prob")
 
 
 def test_guided_sampling_leaves_caller_text_untouched():

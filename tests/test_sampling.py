@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dalle_core.sampling import (classifier_free_guidance, gumbel_noise, gumbel_sample, sample_logits, top_k,
-                                 top_k_count, top_p)
+from dalle_core.sampling import (classifier_free_guidance, gumbel_noise, gumbel_sample, probability_guidance,
+                                 sample_logits, token_guidance, top_k, top_k_count, top_p)
 
 
 def test_top_k_keeps_top_fraction_like_dalle_pytorch():
@@ -62,3 +62,37 @@ def test_classifier_free_guidance_formula():
     cond, null = torch.randn(3, 7), torch.randn(3, 7)
     torch.testing.assert_close(classifier_free_guidance(cond, null, 3.0), null + 3.0 * (cond - null))
     torch.testing.assert_close(classifier_free_guidance(cond, null, 1.0), cond)
+
+
+def test_probability_guidance_formula_and_its_edges():
+    cond, null = torch.randn(3, 7), torch.randn(3, 7)
+    p_cond, p_null = cond.softmax(-1), null.softmax(-1)
+    guided = probability_guidance(cond, null, 2.5)
+    expected = p_cond + 1.5 * (p_cond - p_null)
+    finite = expected > 0
+    torch.testing.assert_close(guided[finite], expected[finite].log())
+    assert torch.isneginf(guided[~finite]).all()  # codes the caption makes much less likely are dropped
+    assert torch.isfinite(guided).any(-1).all()  # some code stays in every row: the extrapolation sums to 1
+    torch.testing.assert_close(probability_guidance(cond, null, 1.0), cond.log_softmax(-1))
+    # scale 0 gives the unconditional distribution, and a scale tensor broadcasts over rows
+    torch.testing.assert_close(probability_guidance(cond, null, 0.0), null.log_softmax(-1))
+    scales = torch.tensor([[1.0], [2.5], [0.0]])
+    torch.testing.assert_close(probability_guidance(cond, null, scales)[1], guided[1])
+    half = probability_guidance(cond.to(torch.bfloat16), null.to(torch.bfloat16), 2.5)
+    assert half.dtype == torch.bfloat16
+
+
+def test_probability_guidance_does_not_multiply_a_code_both_branches_find_unlikely():
+    # code 2 is unlikely under both branches, but 30x more likely with the caption than without: extrapolating the
+    # logits at scale 3 multiplies its odds by 30**2 and makes it the favourite; extrapolating the probabilities
+    # keeps it under 1%, and code 0 (more likely with the caption by 0.2) takes the mass
+    p_cond = torch.tensor([0.6, 0.397, 0.003])
+    p_null = torch.tensor([0.4, 0.5999, 0.0001])
+    cond, null = p_cond.log(), p_null.log()
+    by_logits = token_guidance(cond, null, 3.0, "logits").softmax(-1)
+    by_probs = token_guidance(cond, null, 3.0, "probs").softmax(-1)
+    assert by_logits.argmax() == 2 and by_logits[2] > 0.6
+    torch.testing.assert_close(by_probs, torch.tensor([1.0, 0.0, 0.0088]) / 1.0088)
+    assert by_probs[2] < 0.01
+    with pytest.raises(ValueError, match="guidance_space must be one of 'probs', 'logits', got 'prob'"):
+        token_guidance(cond, null, 3.0, "prob")

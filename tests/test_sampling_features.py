@@ -13,7 +13,7 @@ from dalle_core.models.vqgan import vqgan_architecture
 from dalle_core.models import speculative as speculative_module
 from dalle_core.sampling import filtered_probs, sample_logits
 
-from helpers import ATTN_CASES, VOCAB, captions, make_dalle
+from helpers import ATTN_CASES, VOCAB, captions, guidance_definition, make_dalle
 
 
 def _gen(seed: int = 3) -> torch.Generator:
@@ -40,7 +40,7 @@ def _reference_decode(dalle: DALLE, text: torch.Tensor, codes: torch.Tensor, kno
             logits = cond
             if scales[pos] != 1:
                 uncond = _image_logits(dalle, null, codes[:, :pos])
-                logits = uncond + (cond - uncond) * scales[pos]
+                logits = guidance_definition(cond, uncond, scales[pos])
             drawn = sample_logits(logits, filter_thres=filter_thres, generator=generator)
             codes[:, pos] = torch.where(known[:, pos], codes[:, pos], drawn)
     return codes
@@ -359,12 +359,13 @@ def _exact_distribution(dalle: DALLE, text: torch.Tensor, **settings) -> torch.T
     filtered, guided distributions position by position (teacher forcing)."""
     grids = torch.tensor(list(itertools.product(range(4), repeat=4)))  # (256, 4)
     cond_scale = settings.pop("cond_scale", 1.0)
+    space = settings.pop("guidance_space", "probs")
     with torch.no_grad():
         t = text.expand(len(grids), -1)
         logits = dalle(t, grids)[:, 3:, dalle.num_text_tokens:]
         if cond_scale != 1:
             null = dalle(torch.zeros_like(t), grids)[:, 3:, dalle.num_text_tokens:]
-            logits = null + (logits - null) * cond_scale
+            logits = guidance_definition(logits, null, cond_scale, space)
         probs = filtered_probs(logits, **settings)  # (256, 4 positions, 4 codes)
     return probs.gather(-1, grids[..., None]).squeeze(-1).prod(-1).double()
 
@@ -390,6 +391,7 @@ def _counts(codes: torch.Tensor) -> torch.Tensor:
 SETTINGS = {
     "plain": dict(filter_thres=None, temperature=1.0),
     "top_k_guided": dict(filter_thres=0.5, temperature=0.7, cond_scale=2.0),
+    "top_k_guided_logits": dict(filter_thres=0.5, temperature=0.7, cond_scale=2.0, guidance_space="logits"),
 }
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..ops.linear import packed_linear
 from ..ops.losses import linear_cross_entropy
 from ..pretrained import PretrainedMixin
-from ..sampling import guided_logits, with_null_condition
+from ..sampling import DEFAULT_GUIDANCE_SPACE, check_guidance_space, guided_logits, with_null_condition
 from ..utils import (cast_tuple, check_float, check_images, check_int, check_real_batch, check_same_batch,
                      check_token_ids, default, set_requires_grad)
 from .cache import KVCache
@@ -321,11 +321,14 @@ class DALLE(PretrainedMixin, DALLESampling, DALLEImages, nn.Module, register=Tru
         return (loss_text + self.loss_img_weight * loss_img) / (self.loss_img_weight + 1)
 
     def forward_with_cond_scale(self, text: Tensor, image: Optional[Tensor] = None, *, cond_scale: float = 1.0,
-                                cache: CacheArg = None, **kwargs) -> Tensor:
-        """Guided logits `null + cond_scale * (cond - null)`; both branches run as one batch of 2B (a cache
-        passed here must hold 2B sequences: conditional first, then unconditional)."""
+                                guidance_space: str = DEFAULT_GUIDANCE_SPACE, cache: CacheArg = None,
+                                **kwargs) -> Tensor:
+        """Guided logits (`sampling.token_guidance` in `guidance_space`; "logits" gives DALLE-pytorch's
+        `null + cond_scale * (cond - null)`); both branches run as one batch of 2B (a cache passed here must hold
+        2B sequences: conditional first, then unconditional)."""
         cond_scale = check_float("cond_scale", cond_scale)
+        check_guidance_space(guidance_space)
         if cond_scale == 1:
             return self(text, image, cache=cache, **kwargs)
         both_text, both_image = with_null_condition(self._check_text(text), image)
-        return guided_logits(self(both_text, both_image, cache=cache, **kwargs), cond_scale)
+        return guided_logits(self(both_text, both_image, cache=cache, **kwargs), cond_scale, guidance_space)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..sampling import DEFAULT_FILTER_THRES
+from ..sampling import DEFAULT_FILTER_THRES, DEFAULT_GUIDANCE_SPACE
 from ..utils import check_int, check_same_batch, eval_decorator, stepwise
 
 __all__ = ["DALLEImages"]
@@ -56,6 +56,7 @@ class DALLEImages:
         cond_scale: float = 1.0,
         negative_text: Optional[Tensor] = None,
         cfg_interval: Optional[Tuple[float, float]] = None,
+        guidance_space: str = DEFAULT_GUIDANCE_SPACE,
         use_cache: bool = False,
         top_p: Optional[float] = None,
         generator: Optional[torch.Generator] = None,
@@ -79,7 +80,9 @@ class DALLEImages:
         (the model is autoregressive): a region above kept content is drawn without seeing that content.
         cond_scale: classifier-free guidance; negative_text: captions (B or 1, <= text_seq_len) to guide away
         from instead of the empty caption; cfg_interval: (start, end), guide only the image positions p with
-        start <= p / image_seq_len < end (the conditional logits alone elsewhere).
+        start <= p / image_seq_len < end (the conditional logits alone elsewhere); guidance_space: "probs" (the
+        default) extrapolates the two branches' probabilities, "logits" their logits, DALLE-pytorch's way, which
+        overshoots at scales where "probs" still helps (`sampling.token_guidance`).
         use_cache: incremental decoding; compile: run each cached decoding step through `torch.compile` (one
         graph for every position: see `compiled_image_step`); speculative: draft that many codes per forward
         pass and accept them by speculative sampling's rule, so that the samples have exactly the distribution
@@ -95,8 +98,8 @@ class DALLEImages:
         for _, (images, scores) in self._images_iter(
                 text, clip=clip, rerank=rerank, candidates=candidates, stream=False, filter_thres=filter_thres,
                 temperature=temperature, top_p=top_p, img=img, mask=mask, num_init_img_tokens=num_init_img_tokens,
-                cond_scale=cond_scale, negative_text=negative_text, cfg_interval=cfg_interval, use_cache=use_cache,
-                generator=generator, compile=compile, speculative=speculative, progress=progress):
+                cond_scale=cond_scale, negative_text=negative_text, cfg_interval=cfg_interval,
+                guidance_space=guidance_space, use_cache=use_cache, generator=generator, compile=compile, speculative=speculative, progress=progress):
             pass
         return images if scores is None else (images, scores)
 

@@ -12,7 +12,8 @@ step function, chosen once before the loop, for every later position:
 
 Classifier-free guidance runs the conditional and the unconditional branch (the empty caption, or
 `negative_text`) as one batch of 2B (`sampling.with_null_condition`) in every mode; both branches are given the
-same sampled code; `cfg_interval` guides only some positions.
+same sampled code; `cfg_interval` guides only some positions; `guidance_space` picks how the two are combined
+(`sampling.token_guidance`: on probabilities by default, or on logits).
 
 What to decode is a `DecodePlan`: the code grid with the codes kept from an image (a prefix when priming, any
 `mask` when inpainting) and the first position to draw. The loop is a generator yielding after each position,
@@ -30,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.linear import pack_weight, prepacked
-from ..sampling import (DEFAULT_FILTER_THRES, check_sampling_args, filtered_probs, guided_logits, sample_logits,
-                        with_null_condition)
+from ..sampling import (DEFAULT_FILTER_THRES, DEFAULT_GUIDANCE_SPACE, check_guidance_space, check_sampling_args,
+                        filtered_probs, guided_logits, sample_logits, with_null_condition)
 from ..utils import autocast_dtype, check_int, check_same_batch, eval_decorator, stepwise
 from .cache import KVCache
 from .speculative import speculative_decode
@@ -149,13 +150,15 @@ class DALLESampling:
         entered per step so that it neither leaks into the caller nor is lost when a step runs on another thread."""
         return stepwise(torch.inference_mode, self._decode_steps(plan, **options))
 
-    def _decode_steps(self, plan: "DecodePlan", *, scales: List[float], negative: Optional[Tensor], use_cache: bool,
-                      compile: bool, sample: Callable[[Tensor], Tensor]) -> Iterator[Tuple[int, Tensor]]:
+    def _decode_steps(self, plan: "DecodePlan", *, scales: List[float], space: str, negative: Optional[Tensor],
+                      use_cache: bool, compile: bool, sample: Callable[[Tensor], Tensor]
+                      ) -> Iterator[Tuple[int, Tensor]]:
         """Fill the positions of `plan.codes` that `plan.known` leaves free, in raster order; yields (positions
         done, codes (B, image_seq_len)) after each position (a view that keeps filling: clone to keep it).
 
         scales: the guidance scale of every image position (1 = the conditional logits alone); the batch is
-        doubled (conditional ; `negative` or empty captions) when any of them is not 1. `sample` draws codes
+        doubled (conditional ; `negative` or empty captions) when any of them is not 1, and the two combined in
+        `space` (`sampling.GUIDANCE_SPACES`). `sample` draws codes
         (B,) from logits (B, num_image_tokens)."""
         text, codes, known, first = plan.text, plan.codes, plan.known, plan.first
         batch = text.shape[0]
@@ -181,7 +184,7 @@ class DALLESampling:
                 if pos != have:
                     logits, have = step(pos), pos
                 if doubled:
-                    logits = guided_logits(logits, scales[pos]) if scales[pos] != 1 else logits[:batch]
+                    logits = guided_logits(logits, scales[pos], space) if scales[pos] != 1 else logits[:batch]
                 drawn = sample(logits)
                 if known is not None:
                     drawn = torch.where(known[:, pos], codes[:batch, pos], drawn)
@@ -270,7 +273,8 @@ class DALLESampling:
                     temperature: float = 1.0, top_p: Optional[float] = None, img: Optional[Tensor] = None,
                     mask: Optional[Tensor] = None, num_init_img_tokens: Optional[int] = None,
                     cond_scale: float = 1.0, negative_text: Optional[Tensor] = None,
-                    cfg_interval: Optional[Tuple[float, float]] = None, use_cache: bool = False,
+                    cfg_interval: Optional[Tuple[float, float]] = None,
+                    guidance_space: str = DEFAULT_GUIDANCE_SPACE, use_cache: bool = False,
                     generator: Optional[torch.Generator] = None, compile: bool = False,
                     speculative: Optional[int] = None) -> Iterator[Tuple[int, Tensor]]:
         """Check every setting once, then decode: yields (positions done, codes (B, image_seq_len))."""
@@ -278,6 +282,7 @@ class DALLESampling:
             raise ValueError("compile=True compiles the cached decoding step: pass use_cache=True too")
         # every setting is checked here, once: the decoding loop samples with `sample_logits(check=False)`
         check_sampling_args(temperature=temperature, filter_thres=filter_thres, top_p=top_p, cond_scale=cond_scale)
+        check_guidance_space(guidance_space)
         text = self._check_text(text)
         if (negative_text is not None or cfg_interval is not None) and cond_scale == 1:
             raise ValueError("negative_text and cfg_interval shape classifier-free guidance, which is off at "
@@ -299,16 +304,16 @@ class DALLESampling:
         if speculative is not None:
             probs = functools.partial(filtered_probs, filter_thres=filter_thres, top_p_value=top_p,
                                       temperature=temperature)
-            yield from speculative_decode(self, plan, k=speculative, scales=scales, negative=negative, probs=probs,
-                                          generator=generator)
+            yield from speculative_decode(self, plan, k=speculative, scales=scales, space=guidance_space,
+                                          negative=negative, probs=probs, generator=generator)
             return
 
         def sample(logits: Tensor) -> Tensor:
             return sample_logits(logits, filter_thres=filter_thres, top_p_value=top_p, temperature=temperature,
                                  generator=generator, check=False)
 
-        yield from self._decode(plan, scales=scales, negative=negative, use_cache=use_cache, compile=compile,
-                                sample=sample)
+        yield from self._decode(plan, scales=scales, space=guidance_space, negative=negative, use_cache=use_cache,
+                                compile=compile, sample=sample)
 
     # --- public API ------------------------------------------------------------------------------------------
 
@@ -327,6 +332,7 @@ class DALLESampling:
         cond_scale: float = 1.0,
         negative_text: Optional[Tensor] = None,
         cfg_interval: Optional[Tuple[float, float]] = None,
+        guidance_space: str = DEFAULT_GUIDANCE_SPACE,
         use_cache: bool = False,
         generator: Optional[torch.Generator] = None,
         compile: bool = False,
@@ -337,8 +343,8 @@ class DALLESampling:
         for _, codes in self._codes_iter(
                 text, filter_thres=filter_thres, temperature=temperature, top_p=top_p, img=img, mask=mask,
                 num_init_img_tokens=num_init_img_tokens, cond_scale=cond_scale, negative_text=negative_text,
-                cfg_interval=cfg_interval, use_cache=use_cache, generator=generator, compile=compile,
-                speculative=speculative):
+                cfg_interval=cfg_interval, guidance_space=guidance_space, use_cache=use_cache, generator=generator,
+                compile=compile, speculative=speculative):
             pass
         return codes.clone()  # a normal tensor again, usable with autograd
 

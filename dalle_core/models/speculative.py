@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..ops.linear import pack_weight, prepacked
-from ..sampling import with_null_condition
+from ..sampling import token_guidance, with_null_condition
 from ..utils import check_int, stepwise
 
 __all__ = ["speculative_decode", "SpeculativeStats"]
@@ -67,13 +67,13 @@ def speculative_decode(model: Any, plan: Any, **options: Any) -> Iterator[Tuple[
     return stepwise(torch.inference_mode, _speculative_steps(model, plan, **options))
 
 
-def _speculative_steps(model: Any, plan: Any, *, k: int, scales: List[float], negative: Optional[Tensor],
-                       probs: Callable[[Tensor], Tensor], generator: Optional[torch.Generator]
-                       ) -> Iterator[Tuple[int, Tensor]]:
+def _speculative_steps(model: Any, plan: Any, *, k: int, scales: List[float], space: str,
+                       negative: Optional[Tensor], probs: Callable[[Tensor], Tensor],
+                       generator: Optional[torch.Generator]) -> Iterator[Tuple[int, Tensor]]:
     """Fill the free positions of `plan` (a `DecodePlan`) by speculative Jacobi decoding with windows of `k`
     positions; yields (positions settled in every row, codes (B, image_seq_len)) after each pass.
 
-    scales: the guidance scale of each image position; negative: the unconditional branch's captions (None:
+    scales: the guidance scale of each image position, combining the branches in `space`; negative: the unconditional branch's captions (None:
     empty); probs: guided logits (..., V) -> the distribution plain sampling draws from."""
     check_int("speculative", k)  # k >= 1; k = 1 drafts nothing beyond the position being settled
     text, codes, known, first = plan.text, plan.codes, plan.known, plan.first
@@ -121,7 +121,7 @@ def _speculative_steps(model: Any, plan: Any, *, k: int, scales: List[float], ne
             if doubled:
                 cond, null = logits.chunk(2)
                 scale = scale_of[start:end, None]
-                logits = torch.where(scale == 1, cond, null + (cond - null) * scale)
+                logits = torch.where(scale == 1, cond, token_guidance(cond, null, scale, space))
             p = probs(logits)  # (B, width, V)
             # verify every draft at once: a row keeps its drafts up to its first rejection, redraws that one
             # from the residual, and leaves the rest for a later pass
