@@ -86,7 +86,7 @@ def build_app(pipe: DALLEPipeline, *, title: str = "dalle-core") -> Any:
             with gr.Column():
                 prompt = gr.Textbox(label="prompt", elem_id="prompt", placeholder="a red circle on the left")
                 num_images = gr.Slider(1, 8, value=4, step=1, label="images", elem_id="num-images")
-                cond_scale = gr.Slider(1.0, 5.0, value=1.5, step=0.1, label="guidance (cond_scale)")
+                cond_scale = gr.Slider(1.0, 8.0, value=3.0, step=0.1, label="guidance (cond_scale)")
                 temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.05, label="temperature")
                 top_k = gr.Slider(1, 100, value=10, step=1, label="top-k (% of the codes kept)")
                 seed = gr.Number(value=0, precision=0, label="seed")

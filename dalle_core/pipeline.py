@@ -9,7 +9,7 @@ from wrong ids::
     pipe = DALLEPipeline(dalle, tokenizer, clip=clip)
     pipe.save_pretrained("my-pipeline")
     pipe = DALLEPipeline.from_pretrained("my-pipeline")
-    out = pipe("a red circle", num_images=4, cond_scale=1.5, seed=0, rerank="clip")
+    out = pipe("a red circle", num_images=4, cond_scale=3.0, seed=0, rerank="clip")
     out.images[0].save("best.png")
 
 Everything `DALLE.generate_images` takes goes through (`mask`, `img`, `speculative`, `negative` as a string,
