@@ -142,7 +142,8 @@ def main() -> None:
     runs = [sample_run(run, settings, args.prompts) for run in args.runs]
     md = (f"{args.prompts} prompts per run (the run's own, as real_data.py draws them), one image each; top-k keeps "
           f"10% of the codes throughout. Load average at the end: {os.getloadavg()[0]:.2f}. Means over seeds, then "
-          f"each seed ({', '.join(str(r['seed']) for r in runs)}) in brackets.\n\n" + table(runs, list(settings)) + "\n")
+          f"each seed ({', '.join(str(r['seed']) for r in runs)}) in brackets.\n\n"
+          + table(runs, list(settings)) + "\n")
     args.out.with_suffix(".md").write_text(md)
     args.out.with_suffix(".json").write_text(json.dumps({"prompts": args.prompts, "settings": settings,
                                                          "runs": runs}, indent=1))

@@ -81,3 +81,24 @@ def test_readme_sampling_tables_are_the_committed_benchmark_results():
         passes = f"{row['passes_per_image']:.0f}" if sampler == "plain cached" else f"{row['passes_per_image']:.1f}"
         line = f"| {label or sampler} | {batch.split()[1]} | {passes} | {shown} | {row['accuracy']:.1%} |"
         assert line in section, line
+
+
+def test_readme_guidance_tables_are_the_committed_benchmark_results():
+    """The "Guidance: logits or probabilities" numbers are those of docs/sampling/guidance/guidance_space.json (the
+    shapes demo) and of the committed real_data_sampling results it names (the digits)."""
+    import json
+
+    section = README.read_text().split("### Guidance: logits or probabilities", 1)[1].split("\n## ", 1)[0]
+    shapes = json.loads((README.parent / "docs" / "sampling" / "guidance" / "guidance_space.json").read_text())
+    rows = {(r["space"], r["cond_scale"]): r for r in shapes["rows"]}
+    none = rows.pop(("none", 1.0))
+    assert f"unguided: {none['seen']:.1%} / {none['heldout']:.1%}" in section
+    for space in ("probs", "logits"):
+        cells = [f"{r['seen']:.1%} / {r['heldout']:.1%}" for (s, _), r in sorted(rows.items()) if s == space]
+        assert f"| on {space} | " + " | ".join(cells) + " |" in section, space
+    sources = re.findall(r"Table: \[[^\]]*\]\(benchmarks/real_data/(\w+)\.md\)", section)
+    assert sources, "the section names no committed digits results"
+    for name in sources:
+        table = (README.parent / "benchmarks" / "real_data" / f"{name}.md").read_text().split("\n\n", 1)[1]
+        for line in table.strip().splitlines()[2:]:
+            assert line in section, f"README lacks the row {line!r} of benchmarks/real_data/{name}.md"

@@ -99,7 +99,8 @@ class DALLEImages:
                 text, clip=clip, rerank=rerank, candidates=candidates, stream=False, filter_thres=filter_thres,
                 temperature=temperature, top_p=top_p, img=img, mask=mask, num_init_img_tokens=num_init_img_tokens,
                 cond_scale=cond_scale, negative_text=negative_text, cfg_interval=cfg_interval,
-                guidance_space=guidance_space, use_cache=use_cache, generator=generator, compile=compile, speculative=speculative, progress=progress):
+                guidance_space=guidance_space, use_cache=use_cache, generator=generator, compile=compile,
+                speculative=speculative, progress=progress):
             pass
         return images if scores is None else (images, scores)
 

@@ -73,8 +73,9 @@ def _speculative_steps(model: Any, plan: Any, *, k: int, scales: List[float], sp
     """Fill the free positions of `plan` (a `DecodePlan`) by speculative Jacobi decoding with windows of `k`
     positions; yields (positions settled in every row, codes (B, image_seq_len)) after each pass.
 
-    scales: the guidance scale of each image position, combining the branches in `space`; negative: the unconditional branch's captions (None:
-    empty); probs: guided logits (..., V) -> the distribution plain sampling draws from."""
+    scales: the guidance scale of each image position, the branches combined in `space`; negative: the
+    unconditional branch's captions (None: empty); probs: guided logits (..., V) -> the distribution plain
+    sampling draws from."""
     check_int("speculative", k)  # k >= 1; k = 1 drafts nothing beyond the position being settled
     text, codes, known, first = plan.text, plan.codes, plan.known, plan.first
     batch, length = codes.shape
