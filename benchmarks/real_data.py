@@ -9,8 +9,11 @@ split reported) then reads every generated image:
 
 - codebook usage and perplexity of the dVAE's codes over the training images;
 - the judge on dVAE reconstructions of the held-out digits (the ceiling of what a DALLE over those codes can draw);
-- plain samples right (temperature 1, top-k keeping 10% of the image vocabulary), guided (cond_scale 3), and
-  CLIP best of 4 (the plain candidates of each prompt, reranked by the run's own CLIP).
+- plain samples right (temperature 1, top-k keeping 10% of the image vocabulary), guided (cond_scale 3, each
+  library's own guidance: dalle_core's default extrapolates probabilities, dalle-pytorch's logits; tables made
+  before 2026-12-05 guided dalle_core on logits too), and CLIP best of 4 (the plain candidates of each prompt,
+  reranked by the run's own CLIP). `real_data_sampling.py` compares sampling settings on runs kept with
+  `--keep-models`.
 
     python benchmarks/real_data.py --seeds 0 1 2 --recipes base slow wide \
         --peer-python .peer-venv/bin/python --out benchmarks/real_data

@@ -140,7 +140,11 @@ def main() -> None:
         settings = {name: json.loads(options or "{}")
                     for name, _, options in (s.partition("=") for s in args.setting)}
     runs = [sample_run(run, settings, args.prompts) for run in args.runs]
-    md = (f"{args.prompts} prompts per run (the run's own, as real_data.py draws them), one image each; top-k keeps "
+    recipes = {json.dumps(torch.load(real_data.models_path(run), weights_only=True)["recipe"], sort_keys=True)
+               for run in args.runs}
+    md = (f"Runs {', '.join(run.name for run in args.runs)}, trained by real_data.py with the recipe "
+          f"{' / '.join(recipes)}.\n"
+          f"{args.prompts} prompts per run (the run's own, as real_data.py draws them), one image each; top-k keeps "
           f"10% of the codes throughout. Load average at the end: {os.getloadavg()[0]:.2f}. Means over seeds, then "
           f"each seed ({', '.join(str(r['seed']) for r in runs)}) in brackets.\n\n"
           + table(runs, list(settings)) + "\n")

@@ -84,18 +84,21 @@ def test_readme_sampling_tables_are_the_committed_benchmark_results():
 
 
 def test_readme_guidance_tables_are_the_committed_benchmark_results():
-    """The "Guidance: logits or probabilities" numbers are those of docs/sampling/guidance/guidance_space.json (the
-    shapes demo) and of the committed real_data_sampling results it names (the digits)."""
+    """The "Guidance: logits or probabilities" numbers are those of the two docs/sampling/guidance results it names
+    (the shapes demo) and of the committed real_data_sampling results it names (the digits)."""
     import json
 
     section = README.read_text().split("### Guidance: logits or probabilities", 1)[1].split("\n## ", 1)[0]
-    shapes = json.loads((README.parent / "docs" / "sampling" / "guidance" / "guidance_space.json").read_text())
-    rows = {(r["space"], r["cond_scale"]): r for r in shapes["rows"]}
-    none = rows.pop(("none", 1.0))
-    assert f"unguided: {none['seen']:.1%} / {none['heldout']:.1%}" in section
-    for space in ("probs", "logits"):
-        cells = [f"{r['seen']:.1%} / {r['heldout']:.1%}" for (s, _), r in sorted(rows.items()) if s == space]
-        assert f"| on {space} | " + " | ".join(cells) + " |" in section, space
+    shape_runs = set(re.findall(r"\]\((docs/sampling/guidance/[\w./-]*guidance_space)\.md\)", section))
+    assert len(shape_runs) == 2, shape_runs
+    for name in shape_runs:
+        shapes = json.loads((README.parent / f"{name}.json").read_text())
+        rows = {(r["space"], r["cond_scale"]): r for r in shapes["rows"]}
+        none = rows.pop(("none", 1.0))
+        assert f"unguided: {none['seen']:.1%} / {none['heldout']:.1%}" in section, name
+        for space in ("probs", "logits"):
+            cells = [f"{r['seen']:.1%} / {r['heldout']:.1%}" for (s, _), r in sorted(rows.items()) if s == space]
+            assert f", on {space} | " + " | ".join(cells) + " |" in section, (name, space)
     sources = re.findall(r"Table: \[[^\]]*\]\(benchmarks/real_data/(\w+)\.md\)", section)
     assert sources, "the section names no committed digits results"
     for name in sources:
