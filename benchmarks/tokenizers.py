@@ -3,6 +3,7 @@
     python benchmarks/tokenizers.py demo  [--kinds dvae vq fsq lfq vqgan] [--steps-scale 1] [--threads N]
                                           [--out outputs/tokenizers]
     python benchmarks/tokenizers.py plain [--kinds dvae vq fsq lfq vqgan] [--steps 1500] [--seeds 0]
+                                          [--dvae-split-every K]
 
 `demo` runs the whole demo (`dalle_core.demo.runner.run`, the same as `dalle-core demo --tokenizer KIND`) once per
 kind: the same 20,000 training renders at 32x32, an 8x8 grid of 128 codes, the same step counts; then it reads each
@@ -13,7 +14,9 @@ seen and held-out prompts, plain and guided. Results go to OUT/KIND/summary.json
 `plain` checks the constructors' defaults: each kind built with its constructor's defaults (only image_size=32
 and num_layers=2 given: an 8x8 grid; the codebook is the default 512 codes) trained by a plain Adam loop (lr 1e-3,
 batch 64, no schedule) on 4,000 renders, then the codebook usage and perplexity of the hard codes of those 4,000
-images and their reconstruction MSE. One thread per run.
+images and their reconstruction MSE. One thread per run. `--dvae-split-every K` is an experiment on the dVAE (not
+in the library): every K steps, until 80% of training, each code that was never the argmax in those K steps takes a
+noisy copy of a busy code (`split_dead_codes`).
 """
 from __future__ import annotations
 
@@ -79,12 +82,30 @@ def build_default(kind: str, image_size: int) -> torch.nn.Module:
     return VQVAE(image_size=image_size, num_layers=layers, quantizer=kind)
 
 
+@torch.no_grad()
+def split_dead_codes(model: torch.nn.Module, opt: torch.optim.Optimizer, counts: torch.Tensor) -> int:
+    """Give each dVAE code with no count a copy (plus 1% noise) of a code drawn by its count: the encoder's logit
+    row and bias and the codebook row; the copies' Adam moments start at zero. Returns how many were split."""
+    dead = (counts == 0).nonzero().flatten()
+    if not len(dead):
+        return 0
+    source = torch.multinomial(counts.float(), len(dead), replacement=True)
+    last = model.encoder[-1]  # the 1x1 convolution to the code logits
+    for param in (last.weight, last.bias, model.codebook.weight):
+        param[dead] = param[source] + 0.01 * param[source].std() * torch.randn_like(param[source])
+        for moment in ("exp_avg", "exp_avg_sq"):
+            if moment in opt.state.get(param, {}):
+                opt.state[param][moment][dead] = 0
+    return len(dead)
+
+
 def plain(args: argparse.Namespace) -> None:
     from dalle_core.demo.runner import render_set
     from dalle_core.models.vae import codebook_usage
 
     torch.set_num_threads(1)
     _, images = render_set(4000, "train", 0, args.image_size)
+    split = args.dvae_split_every
     print("| tokenizer | seed | steps | codebook used | perplexity | MSE | time |\n|---|---:|---:|---:|---:|---:|---:|")
     for kind in args.kinds:
         for seed in args.seeds:
@@ -98,12 +119,20 @@ def plain(args: argparse.Namespace) -> None:
             params = list(model.parameters()) + (list(loss_module.parameters()) if loss_module else [])
             opt = torch.optim.Adam(params, lr=args.lr)
             start = time.perf_counter()
+            counts = torch.zeros(model.num_tokens)
             for step in range(args.steps):
                 batch = images[torch.randint(0, len(images), (args.batch_size,))]
                 loss = loss_module(model, batch, step)[0] if loss_module else model(batch, return_loss=True)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                if split and kind == "dvae":
+                    with torch.no_grad():
+                        counts += torch.bincount(model.get_codebook_indices(batch).flatten(), minlength=len(counts))
+                    if (step + 1) % split == 0:
+                        if step + 1 < 0.8 * args.steps:
+                            split_dead_codes(model, opt, counts)
+                        counts.zero_()
             seconds = time.perf_counter() - start
             model.eval()
             with torch.no_grad():
@@ -111,7 +140,8 @@ def plain(args: argparse.Namespace) -> None:
                 recon = torch.cat([model.decode(c) for c in codes[:1000].split(500)])
             usage = codebook_usage(codes, model.num_tokens)
             mse = float(((recon - images[:1000]) ** 2).mean())
-            print(f"| {NAMES[kind]} | {seed} | {args.steps} | {usage.usage:.1%} of {model.num_tokens} | "
+            name = NAMES[kind] + (f", dead codes split every {split} steps" if split and kind == "dvae" else "")
+            print(f"| {name} | {seed} | {args.steps} | {usage.usage:.1%} of {model.num_tokens} | "
                   f"{usage.perplexity:.1f} | {mse:.4f} | {seconds:.0f} s |", flush=True)
 
 
@@ -132,6 +162,8 @@ def main() -> None:
     q.add_argument("--image-size", type=int, default=32)
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--lr", type=float, default=1e-3)
+    q.add_argument("--dvae-split-every", type=int, default=0, metavar="K",
+                   help="an experiment: split the dVAE's dead codes every K steps (0: never)")
     args = p.parse_args()
     demo(args) if args.mode == "demo" else plain(args)
 
