@@ -66,11 +66,7 @@ class DemoConfig:
     batch_size: int = 64  # dVAE and CLIP (CLIP takes twice this: more negatives per step)
     dalle_batch_size: int = 32
     dalle_lr: float = 5e-3  # the best of 1e-3, 3e-3 and 5e-3 here (docs/demo_measurements.md)
-    # guidance on probabilities (the library's default): on a fresh prompt set, with two runs' models, every scale
-    # from 1.5 to 8 beat unguided sampling, within noise of each other; 3 is the middle, and the digits
-    # benchmark's scale (docs/sampling/guidance/). On logits, the former default, 1.5 was best and 3 overshot;
-    # over the two runs logits at 1.5 and probabilities at 3 tie on average (README, "Guidance").
-    cond_scale: float = 3.0
+    cond_scale: float = 3.0  # on probabilities: ties logits at 1.5, where 3 overshoots (docs/demo_measurements.md)
     filter_thres: float = 0.9  # top-k sampling keeps the 10% most likely codes
     temperature: float = 0.7  # beats 1.0, most on held-out pairs (docs/demo_measurements.md)
     candidates: int = 4  # CLIP reranking: best of this many
