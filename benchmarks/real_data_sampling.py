@@ -41,7 +41,7 @@ def rebuild(lib_name: str, models_file: Path, vocab: int):
     vae = getattr(lib, recipe.get("vae_class", "DiscreteVAE"))(image_size=real_data.IMAGE_SIZE, **recipe["vae"])
     dalle = lib.DALLE(vae=vae, num_text_tokens=vocab, text_seq_len=real_data.TEXT_SEQ_LEN, **recipe["dalle"])
     dalle.load_state_dict(saved["dalle"])  # holds the VAE's weights too
-    return dalle.eval()
+    return dalle.eval(), recipe
 
 
 def spread(images: torch.Tensor, labels: torch.Tensor, per_label: int = 40) -> float:
@@ -75,7 +75,7 @@ def sample_run(run: Path, settings: Dict[str, Dict[str, Any]], prompts: int) -> 
     folder = run.parent
     data = torch.load(folder / "digits.pt", weights_only=True)
     lib_name = run.stem.split("-")[0]  # run files are LIB-RECIPE-seedN.pt
-    dalle = rebuild(lib_name, real_data.models_path(run), int(data["vocab"]))
+    dalle, recipe = rebuild(lib_name, real_data.models_path(run), int(data["vocab"]))
     accepted = inspect.signature(dalle.generate_images).parameters
     judge = real_data.Judge()
     judge.load_state_dict(torch.load(folder / "judge.pt", weights_only=True))
@@ -102,7 +102,7 @@ def sample_run(run: Path, settings: Dict[str, Dict[str, Any]], prompts: int) -> 
                          "distinct": len(torch.unique(u8, dim=0)) / len(u8),
                          "spread": spread(images, labels) / real_spread, "seconds": time.perf_counter() - start}
         print(f"{run.stem} | {name}: {results[name]}", flush=True)
-    return {"run": run.name, "library": lib_name, "seed": seed, "results": results}
+    return {"run": run.name, "library": lib_name, "seed": seed, "recipe": recipe, "results": results}
 
 
 def table(runs: List[Dict[str, Any]], settings: List[str]) -> str:
@@ -140,8 +140,7 @@ def main() -> None:
         settings = {name: json.loads(options or "{}")
                     for name, _, options in (s.partition("=") for s in args.setting)}
     runs = [sample_run(run, settings, args.prompts) for run in args.runs]
-    recipes = {json.dumps(torch.load(real_data.models_path(run), weights_only=True)["recipe"], sort_keys=True)
-               for run in args.runs}
+    recipes = {json.dumps(r["recipe"], sort_keys=True) for r in runs}
     md = (f"Runs {', '.join(run.name for run in args.runs)}, trained by real_data.py with the recipe "
           f"{' / '.join(recipes)}.\n"
           f"{args.prompts} prompts per run (the run's own, as real_data.py draws them), one image each; top-k keeps "
