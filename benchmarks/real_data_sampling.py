@@ -34,7 +34,7 @@ import real_data  # noqa: E402  (the benchmark's data, judge and constants)
 
 
 def rebuild(lib_name: str, models_file: Path, vocab: int):
-    """The run's DALLE (with its VAE) from its saved state dicts and recipe, in the library that trained it."""
+    """(DALLE with its VAE, recipe): the run rebuilt from its saved state dicts, in the library that trained it."""
     lib = importlib.import_module(lib_name)
     saved = torch.load(models_file, weights_only=True)
     recipe = saved["recipe"]
